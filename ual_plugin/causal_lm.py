@@ -1,0 +1,180 @@
+"""UAL loss from a Hugging Face causal LM's hidden states, without building the full logits.
+
+The model runs through its (possibly DDP / PEFT / accelerate-wrapped) forward with
+``logits_to_keep=1`` so the LM head projects one position only; a forward hook on the backbone
+captures the final hidden states, and ``linear_smoothed_cross_entropy`` does the rest chunk by
+chunk. Shared by the TRL and Axolotl trainers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ual_plugin.loss import linear_smoothed_cross_entropy
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare ``PreTrainedModel``: strips DDP/accelerate (``.module``) and PEFT wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model") and callable(model.get_base_model):
+        model = model.get_base_model()
+    return model
+
+
+@dataclass
+class HeadParams:
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    softcap: float | None
+    logit_scale: float
+
+
+def _text_config(model: torch.nn.Module) -> Any:
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def head_params(model: torch.nn.Module) -> HeadParams:
+    """LM-head weight/bias plus the logit post-processing the model's own head applies."""
+    lm = unwrap_model(model)
+    head = lm.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise ValueError("UAL needs a causal LM with an output embedding (lm_head); this model has none")
+    if hasattr(head, "base_layer") or hasattr(head, "lora_A"):
+        raise ValueError(
+            "UAL computes the loss from lm_head.weight directly, so a PEFT adapter on lm_head would never be "
+            "trained. Remove 'lm_head' from the LoRA target modules (or use modules_to_save instead)."
+        )
+    cfg = _text_config(lm)
+    scale = getattr(cfg, "logit_scale", None)
+    if scale is None:
+        scale = getattr(cfg, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(cfg, "lm_head_multiplier", None)
+    if scale is None and getattr(cfg, "logits_scaling", None) is not None:
+        scale = cfg.logits_scaling if getattr(cfg, "model_type", "") == "hyperclovax" else 1.0 / cfg.logits_scaling
+    softcap = getattr(cfg, "final_logit_softcapping", None)
+    return HeadParams(
+        weight=head.weight,
+        bias=getattr(head, "bias", None),
+        softcap=float(softcap) if softcap else None,
+        logit_scale=1.0 if scale is None else float(scale),
+    )
+
+
+def _backbone(lm: torch.nn.Module) -> torch.nn.Module:
+    backbone = getattr(lm, "base_model", None)
+    if backbone is None or backbone is lm:
+        backbone = getattr(lm, "model", None)
+    if backbone is None or backbone is lm:
+        raise ValueError(f"cannot find the backbone of {type(lm).__name__} to read its hidden states")
+    return backbone
+
+
+@contextmanager
+def _capture_hidden(backbone: torch.nn.Module):
+    box: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _args, output):
+        hidden = getattr(output, "last_hidden_state", None)
+        if hidden is None:
+            hidden = output[0]
+        box["hidden"] = hidden
+
+    handle = backbone.register_forward_hook(hook)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+def _accepts(model: torch.nn.Module, name: str) -> bool:
+    params = inspect.signature(model.forward).parameters
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def forward_hidden_states(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    """Run ``model(**inputs)`` (no labels) and return (final hidden states [B, T, H], model outputs)."""
+    lm = unwrap_model(model)
+    kwargs = dict(inputs)
+    kwargs.pop("labels", None)
+    kwargs["use_cache"] = False
+    if _accepts(lm, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1
+    with _capture_hidden(_backbone(lm)) as box:
+        outputs = model(**kwargs)
+    if "hidden" not in box:
+        raise RuntimeError("UAL could not capture the model's final hidden states (backbone forward not called)")
+    return box["hidden"], outputs
+
+
+def _gather_ctx(*params: torch.Tensor | None):
+    """Gather ZeRO-3-partitioned head parameters for direct use (a no-op otherwise)."""
+    try:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    except Exception:  # pragma: no cover - transformers always has it in supported versions
+        return nullcontext()
+    if not is_deepspeed_zero3_enabled():
+        return nullcontext()
+    import deepspeed  # type: ignore[import-not-found]
+
+    return deepspeed.zero.GatheredParameters([p for p in params if p is not None])
+
+
+@dataclass
+class UALLossOutput:
+    loss: torch.Tensor
+    smoothing_sum: torch.Tensor  # sum of smoothing over label tokens (for logging)
+    n_tokens: torch.Tensor  # label tokens in this micro-batch
+
+
+def shifted(labels: torch.Tensor, *per_token: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Next-token alignment: position t predicts label t+1; per-token values follow the label."""
+    return (labels[..., 1:],) + tuple(t[..., 1:] for t in per_token)
+
+
+def causal_lm_ual_loss(
+    model: torch.nn.Module,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    token_smoothing: torch.Tensor,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+) -> UALLossOutput:
+    """UAL loss of a causal LM: sum over label tokens / ``num_items_in_batch`` (else their count).
+
+    ``token_smoothing`` is laid out like ``labels`` (the smoothing of the sample owning each token).
+    """
+    head = head_params(model)
+    tgt, eps = shifted(labels, token_smoothing)
+    h = hidden[:, :-1, :].to(head.weight.device)
+    tgt = tgt.to(head.weight.device)
+    eps = eps.to(device=head.weight.device, dtype=torch.float32)
+    with _gather_ctx(head.weight, head.bias):
+        total = linear_smoothed_cross_entropy(
+            h,
+            head.weight,
+            tgt,
+            eps,
+            bias=head.bias,
+            ignore_index=ignore_index,
+            reduction="sum",
+            softcap=head.softcap,
+            logit_scale=head.logit_scale,
+        )
+    mask = tgt != ignore_index
+    n_tokens = mask.sum()
+    denom = num_items_in_batch if num_items_in_batch is not None else n_tokens.clamp(min=1)
+    if isinstance(denom, torch.Tensor):
+        denom = denom.to(total.device)
+    return UALLossOutput(
+        loss=total / denom,
+        smoothing_sum=(eps * mask).sum().detach(),
+        n_tokens=n_tokens.detach(),
+    )

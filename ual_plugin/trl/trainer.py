@@ -1,0 +1,186 @@
+"""``UALSFTTrainer``: TRL's ``SFTTrainer`` with the UAL loss.
+
+It overrides three things and leaves the rest to TRL:
+- dataset preparation, so each sample's smoothing becomes a per-token ``ual_smoothing`` column
+  before truncation and packing (TRL's own packing would drop it);
+- the collator (wrapped, not replaced), so that column reaches the batch aligned with the tokens;
+- ``compute_loss``: UAL from the final hidden states, never building the full logits,
+  normalised as sum / ``num_items_in_batch``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, IterableDataset
+from trl import SFTTrainer
+from trl.data_utils import pack_dataset
+
+from ual_plugin.causal_lm import causal_lm_ual_loss, forward_hidden_states, head_params
+from ual_plugin.data import TOKEN_COLUMN, add_token_column, read_uncertainty, segment_ids
+from ual_plugin.loss import linear_smoothed_cross_entropy
+from ual_plugin.mapping import SmoothingMap, fit_smoothing_map
+from ual_plugin.ppl import PPLSmoother, ppl_token_smoothing
+from ual_plugin.trl.collator import UALCollator
+from ual_plugin.trl.config import UALSFTConfig
+
+_SAMPLE_COLUMN = "_ual_sample_smoothing"
+
+
+class UALSFTTrainer(SFTTrainer):
+    """Drop-in for ``SFTTrainer`` that trains with Uncertainty-Aware Learning.
+
+    Column mode (default) reads ``args.ual_uncertainty_field`` from the training set, fits the
+    smoothing map once on all of it and applies the same map to evaluation sets (an evaluation set
+    without the column is evaluated with smoothing 0). PPL mode needs no column.
+    """
+
+    def __init__(self, model=None, args: UALSFTConfig | None = None, *pargs, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = UALSFTConfig(f"{str(name).split('/')[-1]}-UAL")
+        if not isinstance(args, UALSFTConfig):
+            raise TypeError(
+                f"UALSFTTrainer needs a UALSFTConfig (got {type(args).__name__}); it carries the ual_* options"
+            )
+        if args.ual and kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "ual=True computes the loss itself; do not pass compute_loss_func (or set ual=False)."
+            )
+        self.ual_map: SmoothingMap | None = None
+        self._ual_window = {"train": [0.0, 0.0], "eval": [0.0, 0.0]}  # [sum of smoothing, label tokens]
+        self._ual_ppl = PPLSmoother(args.ual_alpha, args.ual_v_max) if args.ual and args.ual_mode == "ppl" else None
+        self._ual_columns = args.ual and args.ual_mode == "column"
+        super().__init__(model, args, *pargs, **kwargs)
+        if args.ual:
+            if self._ual_columns:
+                self.data_collator = UALCollator(self.data_collator, padding_free=self.padding_free)
+            # Our loss is already sum / num_items_in_batch: have Trainer count the items and not rescale for GA.
+            self.model_accepts_loss_kwargs = True
+            if hasattr(self, "loss_is_scaled_for_ga"):
+                self.loss_is_scaled_for_ga = None
+
+    # ------------------------------------------------------------------ data
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self._ual_columns and TOKEN_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, TOKEN_COLUMN]
+
+    def _attach_sample_smoothing(self, dataset, args: UALSFTConfig, dataset_name: str):
+        if isinstance(dataset, IterableDataset):
+            raise ValueError(
+                "UAL column mode fits the smoothing map on the whole training set, so it needs a map-style "
+                "`datasets.Dataset`, not an IterableDataset. Materialise it, or use ual_mode='ppl'."
+            )
+        field = args.ual_uncertainty_field
+        has_field = field in dataset.column_names
+        if dataset_name == "train":
+            scores = read_uncertainty(
+                list(dataset[field]) if has_field else None, field, dataset_name, dataset.column_names
+            )
+            self.ual_map = fit_smoothing_map(scores, alpha=args.ual_alpha, v_max=args.ual_v_max)
+            values = self.ual_map(scores)
+        elif has_field:
+            if self.ual_map is None:
+                raise ValueError("UAL: the training set must be prepared before evaluation sets")
+            values = self.ual_map(read_uncertainty(list(dataset[field]), field, dataset_name))
+        else:
+            values = [0.0] * len(dataset)  # no column in an eval set: plain cross-entropy there
+        if _SAMPLE_COLUMN in dataset.column_names:
+            dataset = dataset.remove_columns(_SAMPLE_COLUMN)
+        return dataset.add_column(_SAMPLE_COLUMN, [float(v) for v in values])
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        if not self._ual_columns or TOKEN_COLUMN in (getattr(dataset, "column_names", None) or []):
+            return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        dataset = self._attach_sample_smoothing(dataset, args, dataset_name)
+        # Let TRL tokenise and build labels, but do truncation and packing here: they must carry our column.
+        max_length = args.max_length
+        args.max_length = None
+        try:
+            dataset = super()._prepare_dataset(dataset, processing_class, args, False, formatting_func, dataset_name)
+        finally:
+            args.max_length = max_length
+        map_kwargs = {"num_proc": args.dataset_num_proc} if isinstance(dataset, Dataset) else {}
+        dataset = dataset.map(
+            add_token_column, fn_kwargs={"sample_key": _SAMPLE_COLUMN}, remove_columns=[_SAMPLE_COLUMN], **map_kwargs
+        )
+        if max_length is not None and not packing:
+            dataset = self._truncate(dataset, max_length, args.truncation_mode, map_kwargs)
+        if packing:
+            if max_length is None:
+                raise ValueError("When packing is enabled, `max_length` can't be `None`.")
+            dataset = dataset.select_columns(["input_ids", "labels", TOKEN_COLUMN])
+            if args.shuffle_dataset:
+                dataset = dataset.shuffle(seed=args.seed)
+            dataset = pack_dataset(dataset, max_length, args.packing_strategy, map_kwargs)
+        return dataset
+
+    @staticmethod
+    def _truncate(dataset, max_length: int, truncation_mode: str, map_kwargs: dict):
+        if truncation_mode == "keep_start":
+            sl = slice(None, max_length)
+        elif truncation_mode == "keep_end":
+            sl = slice(-max_length, None)
+        else:
+            raise ValueError(f"Unsupported truncation mode: {truncation_mode}, expected 'keep_start' or 'keep_end'")
+
+        def truncate(example):
+            n = len(example["input_ids"])
+            return {k: v[sl] for k, v in example.items() if isinstance(v, list) and len(v) == n}
+
+        dataset = dataset.map(truncate, **map_kwargs)
+        return dataset.filter(lambda ex: any(label != -100 for label in ex["labels"]), **map_kwargs)
+
+    # ------------------------------------------------------------------ loss
+    def _ppl_token_smoothing(self, model, hidden: torch.Tensor, labels: torch.Tensor, inputs) -> torch.Tensor:
+        """Per-token smoothing from each sample's perplexity (no gradient), laid out like ``labels``."""
+        head = head_params(model)
+        tgt = labels[:, 1:]
+        with torch.no_grad():
+            nll = linear_smoothed_cross_entropy(
+                hidden[:, :-1].detach(), head.weight.detach(), tgt, 0.0,
+                bias=None if head.bias is None else head.bias.detach(),
+                reduction="none", softcap=head.softcap, logit_scale=head.logit_scale,
+            )
+            segs = segment_ids(inputs.get("position_ids"), labels.shape, labels.device)[:, 1:]
+            eps = ppl_token_smoothing(self._ual_ppl, nll, segs, tgt != -100)
+        return F.pad(eps, (1, 0))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.args.ual:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mode = "train" if self.model.training else "eval"
+        labels = inputs["labels"]
+        token_eps = inputs.get(TOKEN_COLUMN)
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", TOKEN_COLUMN)}
+        hidden, outputs = forward_hidden_states(model, model_inputs)
+        if self._ual_ppl is not None:
+            token_eps = self._ppl_token_smoothing(model, hidden, labels, inputs)
+        elif token_eps is None:
+            raise ValueError(f"UAL column mode: the batch has no '{TOKEN_COLUMN}' tensor (was the collator replaced?)")
+        out = causal_lm_ual_loss(model, hidden, labels, token_eps, num_items_in_batch)
+        loss = out.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks
+            loss = loss * self.accelerator.num_processes
+        stats = self.accelerator.reduce(torch.stack([out.smoothing_sum.float(), out.n_tokens.float()]), "sum")
+        window = self._ual_window[mode]
+        window[0] += float(stats[0])
+        window[1] += float(stats[1])
+        if return_outputs and (self.compute_metrics is not None or self.preprocess_logits_for_metrics is not None):
+            with torch.no_grad():
+                outputs = model(**model_inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self.args.ual:
+            mode = "train" if self.model.training else "eval"
+            prefix = "eval_" if mode == "eval" else ""
+            total, count = self._ual_window[mode]
+            if count > 0:
+                logs[f"{prefix}ual_smoothing"] = total / count
+            if self._ual_ppl is not None and self._ual_ppl.count:
+                logs[f"{prefix}ual_ppl_running_mean"] = self._ual_ppl.running_mean
+            self._ual_window[mode] = [0.0, 0.0]
+        super().log(logs, *args, **kwargs)
