@@ -173,10 +173,14 @@ class UALSFTTrainer(SFTTrainer):
                 outputs = model(**model_inputs)
         return (loss, outputs) if return_outputs else loss
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        self._ual_eval_prefix = metric_key_prefix  # "eval_<name>" for each set of a dict of eval sets
+        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.args.ual:
             mode = "train" if self.model.training else "eval"
-            prefix = "eval_" if mode == "eval" else ""
+            prefix = f"{getattr(self, '_ual_eval_prefix', 'eval')}_" if mode == "eval" else ""
             total, count = self._ual_window[mode]
             if count > 0:
                 logs[f"{prefix}ual_smoothing"] = total / count

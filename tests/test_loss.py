@@ -1,0 +1,145 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ual_plugin import linear_smoothed_cross_entropy, smoothed_cross_entropy
+
+EPS_VALUES = [0.0, 0.05, 0.1, 0.3, 0.7, 0.99]
+
+
+def torch_reference(logits, targets, eps, ignore_index=-100):
+    """Per-token losses from torch's own label-smoothed cross-entropy, one token at a time."""
+    out = []
+    for i in range(targets.numel()):
+        if targets[i] == ignore_index:
+            out.append(logits[i].sum() * 0)
+        else:
+            out.append(
+                F.cross_entropy(logits[i : i + 1].float(), targets[i : i + 1], label_smoothing=float(eps[i]))
+            )
+    return torch.stack(out)
+
+
+def make_case(n=40, h=16, v=37, dtype=torch.float32, seed=0, with_bias=False):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=g).to(dtype).requires_grad_()
+    weight = (torch.randn(v, h, generator=g) * 0.5).to(dtype).requires_grad_()
+    bias = (torch.randn(v, generator=g) * 0.1).to(dtype).requires_grad_() if with_bias else None
+    targets = torch.randint(0, v, (n,), generator=g)
+    targets[::7] = -100
+    eps = torch.tensor([EPS_VALUES[i % len(EPS_VALUES)] for i in range(n)])
+    return hidden, weight, bias, targets, eps
+
+
+def test_matches_torch_token_by_token_for_many_eps():
+    logits = torch.randn(30, 11, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 11, (30,))
+    targets[3] = -100
+    eps = torch.tensor([EPS_VALUES[i % len(EPS_VALUES)] for i in range(30)], dtype=torch.float64)
+    ours = smoothed_cross_entropy(logits, targets, eps, reduction="none")
+    ref = torch_reference(logits, targets, eps)
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=1e-6)
+    assert ours[3] == 0
+
+
+@pytest.mark.parametrize("eps", EPS_VALUES)
+def test_scalar_smoothing_equals_torch_mean(eps):
+    logits = torch.randn(4, 9, 23, requires_grad=True)
+    targets = torch.randint(0, 23, (4, 9))
+    targets[0, :3] = -100
+    ours = smoothed_cross_entropy(logits, targets, eps)
+    ref = F.cross_entropy(logits.reshape(-1, 23), targets.reshape(-1), label_smoothing=eps)
+    torch.testing.assert_close(ours, ref)
+    g1 = torch.autograd.grad(ours, logits)[0]
+    g2 = torch.autograd.grad(ref, logits)[0]
+    torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("chunk_size", [None, 1, 7, 64])
+def test_linear_matches_reference_values_and_grads_fp32(reduction, with_bias, chunk_size):
+    hidden, weight, bias, targets, eps = make_case(with_bias=with_bias)
+    params = [hidden, weight] + ([bias] if with_bias else [])
+    out = linear_smoothed_cross_entropy(
+        hidden, weight, targets, eps, bias=bias, reduction=reduction, chunk_size=chunk_size
+    )
+    logits = hidden @ weight.t() + (bias if with_bias else 0)
+    ref_tok = torch_reference(logits, targets, eps)
+    n_valid = (targets != -100).sum()
+    ref = {"mean": ref_tok.sum() / n_valid, "sum": ref_tok.sum(), "none": ref_tok}[reduction]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn_like(ref) if reduction == "none" else torch.tensor(1.7)
+    got = torch.autograd.grad(out, params, upstream)
+    want = torch.autograd.grad(ref, params, upstream)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_bf16_accumulates_in_fp32():
+    hidden, weight, _, targets, eps = make_case(n=64, h=32, v=101, dtype=torch.bfloat16, seed=3)
+    out = linear_smoothed_cross_entropy(hidden, weight, targets, eps, chunk_size=16)
+    # reference: bf16 logits (what the model's head produces) upcast to fp32, torch's own loss per token
+    logits = (hidden @ weight.t()).float()
+    ref = torch_reference(logits, targets, eps).sum() / (targets != -100).sum()
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=2e-3, atol=2e-3)
+    gh, gw = torch.autograd.grad(out, [hidden, weight])
+    rh, rw = torch.autograd.grad(ref, [hidden, weight])
+    assert gh.dtype == torch.bfloat16 and gw.dtype == torch.bfloat16
+    torch.testing.assert_close(gh.float(), rh.float(), rtol=3e-2, atol=3e-3)
+    torch.testing.assert_close(gw.float(), rw.float(), rtol=3e-2, atol=3e-3)
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("logit_scale", [1.0, 0.25])
+def test_linear_softcap_and_logit_scale(softcap, logit_scale):
+    hidden, weight, bias, targets, eps = make_case(seed=5, with_bias=True)
+    out = linear_smoothed_cross_entropy(
+        hidden, weight, targets, eps, bias=bias, softcap=softcap, logit_scale=logit_scale, chunk_size=9
+    )
+    logits = (hidden @ weight.t() + bias) * logit_scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    ref = torch_reference(logits, targets, eps).sum() / (targets != -100).sum()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    got = torch.autograd.grad(out, [hidden, weight, bias])
+    want = torch.autograd.grad(ref, [hidden, weight, bias])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_batched_shape_and_all_ignored():
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    weight = torch.randn(13, 8, requires_grad=True)
+    targets = torch.full((2, 5), -100)
+    out = linear_smoothed_cross_entropy(hidden, weight, targets, 0.1)
+    assert out.item() == 0.0
+    out.backward()
+    assert torch.count_nonzero(hidden.grad) == 0
+    none = linear_smoothed_cross_entropy(hidden, weight, targets, 0.1, reduction="none")
+    assert none.shape == (2, 5)
+
+
+def test_linear_no_grad_path_matches():
+    hidden, weight, _, targets, eps = make_case(seed=9)
+    with torch.no_grad():
+        a = linear_smoothed_cross_entropy(hidden, weight, targets, eps)
+    b = smoothed_cross_entropy(hidden @ weight.t(), targets, eps)
+    torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("call", "pattern"),
+    [
+        (lambda: smoothed_cross_entropy(torch.randn(3, 5), torch.tensor([0, 1, 9]), 0.1), r"target ids must lie"),
+        (lambda: smoothed_cross_entropy(torch.randn(3, 5), torch.tensor([0, 1, 2]), 1.5), r"smoothing must lie"),
+        (lambda: smoothed_cross_entropy(torch.randn(3, 5), torch.tensor([0, 1, 2]), torch.zeros(4)), r"shaped like"),
+        (lambda: smoothed_cross_entropy(torch.randn(3, 5), torch.tensor([0, 1, 2]), 0.1, reduction="avg"), r"reduction"),
+        (lambda: linear_smoothed_cross_entropy(torch.randn(3, 4), torch.randn(5, 3), torch.tensor([0, 1, 2]), 0.1), r"weight must be"),
+        (lambda: linear_smoothed_cross_entropy(torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 2]), 0.1, softcap=-1.0), r"softcap"),
+    ],
+)
+def test_bad_arguments(call, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call()

@@ -1,0 +1,293 @@
+"""UALSFTTrainer end to end on a tiny Llama: data alignment, loss, gradient accumulation, logging, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+datasets = pytest.importorskip("datasets")
+pytest.importorskip("trl")
+
+from datasets import Dataset  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from ual_plugin import smoothing_from_uncertainty  # noqa: E402
+from ual_plugin.data import TOKEN_COLUMN  # noqa: E402
+from ual_plugin.trl import UALSFTConfig, UALSFTTrainer  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def config(tmp_path, **overrides) -> UALSFTConfig:
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        seed=0,
+        data_seed=0,
+        dataset_num_proc=None,
+        shuffle_dataset=False,
+        max_length=64,
+        disable_tqdm=True,
+        bf16=False,
+    )
+    base.update(overrides)
+    return UALSFTConfig(**base)
+
+
+def trainer(tiny_model_dir, train, tmp_path, eval_dataset=None, **overrides) -> UALSFTTrainer:
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    return UALSFTTrainer(
+        model=model, args=config(tmp_path, **overrides), train_dataset=train, eval_dataset=eval_dataset,
+        processing_class=tok,
+    )
+
+
+def prompt_completion(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        words = " ".join(["more"] * int(rng.integers(0, 6)))
+        rows.append({"prompt": f"Sample {i}: what is {i} plus {i}? {words}", "completion": f" It is {2 * i}.",
+                     "uncertainty": float(1 + 7 * i)})
+    return Dataset.from_list(rows)
+
+
+def pretokenized(n=24, seed=0, base_token=20):
+    """Sample i is made only of token id base_token+i, so any token tells which sample it came from."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        length = int(rng.integers(3, 20))
+        ids = [base_token + i] * length
+        rows.append({"input_ids": ids, "uncertainty": float(3 + 5 * i)})
+    return Dataset.from_list(rows)
+
+
+def all_batches(tr):
+    loader = tr.get_train_dataloader()
+    return [batch for batch in loader]
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [dict(packing=False), dict(packing=False, max_length=8), dict(packing=True, packing_strategy="bfd", max_length=16),
+     dict(packing=True, packing_strategy="bfd_split", max_length=16),
+     dict(packing=True, packing_strategy="wrapped", max_length=16)],
+    ids=["padded", "truncated", "bfd", "bfd_split", "wrapped"],
+)
+def test_each_token_gets_its_own_samples_smoothing(tiny_model_dir, tmp_path, layout):
+    ds = pretokenized()
+    tr = trainer(tiny_model_dir, ds, tmp_path, ual_alpha=0.2, **layout)
+    expected = smoothing_from_uncertainty(ds["uncertainty"], alpha=0.2)
+    seen = set()
+    for batch in all_batches(tr):
+        ids, labels, eps = batch["input_ids"], batch["labels"], batch[TOKEN_COLUMN]
+        assert eps.shape == ids.shape
+        for tok, lab, e in zip(ids.flatten().tolist(), labels.flatten().tolist(), eps.flatten().tolist(), strict=True):
+            if lab == -100:
+                continue
+            sample = tok - 20
+            assert 0 <= sample < len(ds)
+            assert e == pytest.approx(expected[sample], abs=1e-6)
+            seen.add(sample)
+    assert len(seen) == len(ds)
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_prompt_completion_smoothing_on_completion_tokens_only(tiny_model_dir, tmp_path, packing):
+    ds = prompt_completion(12)
+    tr = trainer(tiny_model_dir, ds, tmp_path, ual_alpha=0.3, packing=packing, max_length=128,
+                 completion_only_loss=True, per_device_train_batch_size=3)
+    expected = smoothing_from_uncertainty(ds["uncertainty"], alpha=0.3)
+    tok = tr.processing_class
+    checked = 0
+    for batch in all_batches(tr):
+        ids, labels, eps = batch["input_ids"], batch["labels"], batch[TOKEN_COLUMN]
+        pos = batch.get("position_ids")
+        for r in range(ids.shape[0]):
+            starts = [0] if pos is None else (pos[r] == 0).nonzero().flatten().tolist()
+            ends = starts[1:] + [ids.shape[1]]
+            for s, e in zip(starts, ends, strict=True):
+                text = tok.decode(ids[r, s:e])
+                if "Sample" not in text:
+                    continue
+                i = int(text.split("Sample ")[1].split(":")[0])
+                lab = labels[r, s:e] != -100
+                assert lab.any()
+                # the prompt is masked, the completion is not, and its smoothing is the sample's own
+                assert "Sample" not in tok.decode(labels[r, s:e][lab])
+                torch.testing.assert_close(eps[r, s:e][lab], torch.full((int(lab.sum()),), float(expected[i])))
+                checked += 1
+    assert checked == len(ds)
+
+
+def test_conversational_assistant_only(tiny_model_dir, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"Sample {i}: hello"},
+                          {"role": "assistant", "content": f"reply number {i}"}], "uncertainty": float(i + 1)}
+            for i in range(8)]
+    ds = Dataset.from_list(rows)
+    tr = trainer(tiny_model_dir, ds, tmp_path, assistant_only_loss=True, per_device_train_batch_size=8)
+    expected = smoothing_from_uncertainty([r["uncertainty"] for r in rows], alpha=0.1)
+    batch = all_batches(tr)[0]
+    tok = tr.processing_class
+    for r in range(batch["input_ids"].shape[0]):
+        text = tok.decode(batch["input_ids"][r])
+        i = int(text.split("Sample ")[1].split(":")[0])
+        lab = batch["labels"][r] != -100
+        assert "hello" not in tok.decode(batch["labels"][r][lab])
+        assert torch.allclose(batch[TOKEN_COLUMN][r][lab], torch.tensor(float(expected[i])))
+
+
+def reference_loss(model, batch, num_items):
+    """UAL loss from the full logits with torch's own label-smoothed cross-entropy, token by token."""
+    kwargs = {k: v for k, v in batch.items() if k not in ("labels", TOKEN_COLUMN)}
+    logits = model(**kwargs).logits[:, :-1]
+    labels, eps = batch["labels"][:, 1:], batch[TOKEN_COLUMN][:, 1:]
+    total = 0.0
+    for r, c in (labels != -100).nonzero().tolist():
+        total = total + F.cross_entropy(logits[r, c : c + 1], labels[r, c : c + 1], label_smoothing=float(eps[r, c]),
+                                        reduction="sum")
+    return total / num_items
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_loss_equals_torch_reference(tiny_model_dir, tmp_path, packing):
+    tr = trainer(tiny_model_dir, prompt_completion(8), tmp_path, packing=packing, ual_alpha=0.4)
+    batch = all_batches(tr)[0]
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    model = tr.model
+    ours = tr.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(n))
+    ref = reference_loss(model, batch, n)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    g1 = torch.autograd.grad(ours, list(p for p in model.parameters()))
+    g2 = torch.autograd.grad(ref, list(p for p in model.parameters()))
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def one_sgd_step_delta(tiny_model_dir, ds, tmp_path, **overrides):
+    tr = trainer(tiny_model_dir, ds, tmp_path, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant",
+                 max_grad_norm=0.0, weight_decay=0.0, max_steps=1, warmup_steps=0,
+                 train_sampling_strategy="sequential", **overrides)
+    before = copy.deepcopy({k: v.detach().clone() for k, v in tr.model.named_parameters()})
+    tr.train()
+    return torch.cat([(p.detach() - before[k]).flatten() for k, p in tr.model.named_parameters()])
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, tmp_path, packing):
+    ds = prompt_completion(24)
+    extra = dict(packing=packing, max_length=48, ual_alpha=0.3)
+    ref = one_sgd_step_delta(tiny_model_dir, ds, tmp_path / "a", per_device_train_batch_size=4,
+                             gradient_accumulation_steps=1, **extra)
+    assert ref.norm() > 0
+    for bs, ga in [(2, 2), (1, 4)]:
+        got = one_sgd_step_delta(tiny_model_dir, ds, tmp_path / f"b{bs}", per_device_train_batch_size=bs,
+                                 gradient_accumulation_steps=ga, **extra)
+        assert rel_err(got, ref) < 1e-5, (bs, ga, rel_err(got, ref))
+
+
+def test_alpha_near_zero_reproduces_plain_sft(tiny_model_dir, tmp_path):
+    ds = prompt_completion(16)
+    ual = one_sgd_step_delta(tiny_model_dir, ds, tmp_path / "u", ual_alpha=1e-9)
+    sft = one_sgd_step_delta(tiny_model_dir, ds, tmp_path / "s", ual=False, loss_type="nll")
+    assert rel_err(ual, sft) < 1e-5
+    # and a real alpha changes the update
+    ual_big = one_sgd_step_delta(tiny_model_dir, ds, tmp_path / "b", ual_alpha=0.5)
+    assert rel_err(ual_big, sft) > 1e-3
+
+
+def test_trains_and_logs_ual_smoothing_with_eval_sets(tiny_model_dir, tmp_path):
+    train = prompt_completion(16)
+    eval_with = prompt_completion(6, seed=1)
+    eval_without = eval_with.remove_columns("uncertainty")
+    tr = trainer(tiny_model_dir, train, tmp_path, eval_dataset={"with": eval_with, "without": eval_without},
+                 ual_alpha=0.2, max_steps=3, eval_strategy="steps", eval_steps=3, per_device_eval_batch_size=3)
+    # eval rows get the training fit's beta; a set without the column gets 0
+    smap = tr.ual_map
+    assert smap is not None and smap.n_fit == 16
+    e_with = tr.eval_dataset["with"][0][TOKEN_COLUMN]
+    assert e_with[0] == pytest.approx(smap.apply_one(eval_with[0]["uncertainty"]))
+    assert set(tr.eval_dataset["without"][0][TOKEN_COLUMN]) == {0.0}
+    tr.train()
+    logs = tr.state.log_history
+    train_logs = [h["ual_smoothing"] for h in logs if "ual_smoothing" in h]
+    assert len(train_logs) == 3
+    assert all(0.05 < v < 0.5 for v in train_logs)
+    assert any("eval_with_ual_smoothing" in h and h["eval_with_ual_smoothing"] > 0 for h in logs)
+    assert any(h.get("eval_without_ual_smoothing") == 0.0 for h in logs)
+    assert all(np.isfinite(h["loss"]) for h in logs if "loss" in h)
+
+
+def test_ppl_mode_needs_no_column_and_logs(tiny_model_dir, tmp_path):
+    ds = prompt_completion(12).remove_columns("uncertainty")
+    tr = trainer(tiny_model_dir, ds, tmp_path, ual_mode="ppl", ual_alpha=0.1, max_steps=3, packing=True,
+                 max_length=64)
+    tr.train()
+    logs = [h for h in tr.state.log_history if "ual_smoothing" in h]
+    assert len(logs) == 3
+    assert all(0.0 < h["ual_smoothing"] < 0.99 for h in logs)
+    assert all(h["ual_ppl_running_mean"] > 1.0 for h in logs)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "pattern"),
+    [
+        (lambda rows: rows[5].update(uncertainty=None), r"1 of 10 rows of the train dataset.*'uncertainty'.*row 5"),
+        (lambda rows: rows[2].update(uncertainty=float("nan")), r"row 2 \(NaN\)"),
+        (lambda rows: rows[7].update(uncertainty=-1.0), r"row 7 \(negative"),
+        (lambda rows: [r.pop("uncertainty") for r in rows], r"no column 'uncertainty'"),
+    ],
+    ids=["missing-value", "nan", "negative", "no-column"],
+)
+def test_bad_rows_stop_before_training(tiny_model_dir, tmp_path, mutate, pattern):
+    rows = prompt_completion(10).to_list()
+    mutate(rows)
+    with pytest.raises(ValueError, match=pattern):
+        trainer(tiny_model_dir, Dataset.from_list(rows), tmp_path)
+
+
+def test_unreachable_alpha_is_reported(tiny_model_dir, tmp_path):
+    rows = prompt_completion(10).to_list()
+    for r in rows[:8]:
+        r["uncertainty"] = 0.0
+    with pytest.raises(ValueError, match="cannot be reached"):
+        trainer(tiny_model_dir, Dataset.from_list(rows), tmp_path, ual_alpha=0.5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (dict(ual_mode="tokens"), "ual_mode"),
+        (dict(ual_alpha=1.2), "above ual_v_max"),
+        (dict(use_liger_kernel=True), "use_liger_kernel"),
+        (dict(label_smoothing_factor=0.1), "label_smoothing_factor"),
+    ],
+)
+def test_config_conflicts(tmp_path, overrides, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        config(tmp_path, **overrides)
+
+
+def test_compute_loss_func_is_refused_with_ual(tiny_model_dir, tmp_path):
+    from ual_plugin import ual_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with pytest.raises(ValueError, match="compute_loss_func"):
+        UALSFTTrainer(model=model, args=config(tmp_path), train_dataset=prompt_completion(4),
+                      compute_loss_func=ual_loss)

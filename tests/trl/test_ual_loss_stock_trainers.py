@@ -1,0 +1,69 @@
+"""`compute_loss_func=ual_loss` (PPL mode) on an unmodified SFTTrainer and transformers Trainer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+
+from datasets import Dataset  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments  # noqa: E402
+from trl import SFTConfig, SFTTrainer  # noqa: E402
+
+from ual_plugin import ual_loss  # noqa: E402
+from ual_plugin.ppl import UALLoss  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+COMMON = dict(use_cpu=True, report_to=[], save_strategy="no", logging_steps=1, max_steps=3,
+              per_device_train_batch_size=4, bf16=False, disable_tqdm=True, seed=0)
+
+
+def rows(n=12):
+    return [{"prompt": f"What is {i} plus {i}?", "completion": f" It is {2 * i}."} for i in range(n)]
+
+
+def test_ual_loss_on_stock_sft_trainer(tiny_model_dir, tmp_path):
+    loss_fn = UALLoss(alpha=0.2)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    args = SFTConfig(output_dir=str(tmp_path), loss_type="nll", max_length=64, **COMMON)
+    tr = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows()),
+                    processing_class=AutoTokenizer.from_pretrained(tiny_model_dir), compute_loss_func=loss_fn)
+    before = model.lm_head.weight.detach().clone()
+    tr.train()
+    losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert not torch.equal(before, model.lm_head.weight)
+    assert loss_fn.smoother.count == 12  # one perplexity per sample seen
+    assert 0.0 < loss_fn.last_mean_smoothing < 0.99
+
+
+def test_ual_loss_on_stock_transformers_trainer(tiny_model_dir, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = [f"Sample {i}: the answer is {i * 3}." for i in range(8)]
+    enc = [tok(t) for t in texts]
+    data = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["input_ids"]} for e in enc])
+
+    def collate(batch):
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    args = TrainingArguments(output_dir=str(tmp_path), remove_unused_columns=False, **COMMON)
+    count_before = ual_loss.smoother.count
+    tr = Trainer(model=model, args=args, train_dataset=data, data_collator=collate, compute_loss_func=ual_loss)
+    tr.train()
+    losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert ual_loss.smoother.count - count_before == 12
