@@ -95,7 +95,7 @@ def smoothed_cross_entropy(
 # Chunked linear + smoothed cross-entropy
 # ---------------------------------------------------------------------------------------------
 
-_CPU_CHUNK_BYTES = 4 << 20  # fp32 logits per chunk on CPU: small enough to stay cache-friendly
+_CPU_CHUNK_BYTES = 64 << 20  # fp32 logits per chunk on CPU: few weight-gradient passes, small peak
 _CUDA_CHUNK_BYTES = 512 << 20
 
 
@@ -123,15 +123,29 @@ def _chunk_pass(
     vocab = weight.shape[0]
     losses = torch.empty(n, dtype=torch.float32, device=h.device)
     want_grads = row_weight is not None
+    grad_h = grad_w = grad_b = None
     if want_grads:
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         grad_b = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if bias is not None else None
+    if n == 0:
+        return (losses, (grad_h, grad_w, grad_b)) if want_grads else (losses, None)
+    # One logits buffer reused by every chunk (plus an fp32 one for low-precision weights), so the
+    # next chunk's GEMM never allocates while the previous chunk's logits are still alive.
+    rows = min(chunk_size, n)
+    raw_buf = torch.empty(rows, vocab, dtype=weight.dtype, device=h.device)
+    z_buf = raw_buf if weight.dtype == torch.float32 else torch.empty(rows, vocab, dtype=torch.float32, device=h.device)
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
         hc, tc, ec = h[start:stop], targets[start:stop], eps[start:stop]
-        raw = torch.addmm(bias, hc, weight.t()) if bias is not None else hc @ weight.t()
-        z = raw.float() if raw.dtype != torch.float32 else raw
+        raw = raw_buf[: stop - start]
+        if bias is not None:
+            torch.addmm(bias, hc, weight.t(), out=raw)
+        else:
+            torch.mm(hc, weight.t(), out=raw)
+        z = z_buf[: stop - start]
+        if z is not raw:
+            z.copy_(raw)
         if logit_scale != 1.0:
             z.mul_(logit_scale)
         th = None
@@ -155,14 +169,17 @@ def _chunk_pass(
             z.mul_(1.0 - th * th)
         if logit_scale != 1.0:
             z.mul_(logit_scale)
-        dz = z.to(weight.dtype)
+        if grad_b is not None:
+            grad_b.add_(z.sum(dim=0))
+        if weight.dtype == torch.float32:
+            dz = z
+        else:
+            dz = raw.copy_(z)  # the raw logits are no longer needed: reuse their buffer
         torch.mm(dz, weight, out=grad_h[start:stop])
         if weight.dtype == torch.float32:
             grad_w.addmm_(dz.t(), hc)
         else:
             grad_w.add_(dz.t() @ hc)
-        if grad_b is not None:
-            grad_b.add_(z.sum(dim=0))
     if not want_grads:
         return losses, None
     return losses, (grad_h, grad_w, grad_b)
@@ -200,9 +217,10 @@ class _LinearSmoothedCE(torch.autograd.Function):
             out = torch.zeros(t_all.shape, dtype=torch.float32, device=h.device)
             out.index_copy_(0, idx, losses)
             return out.reshape(shape)
-        if grads is not None:
-            ctx.save_for_backward(idx, *[g for g in grads if g is not None])
-        ctx.has_bias = bias is not None
+        ctx.save_for_backward(idx)
+        # Kept as a plain attribute (not saved tensors) so backward can drop our reference and autograd
+        # can adopt grad_weight as the parameter's .grad without copying it.
+        ctx.grads = grads
         total = losses.sum()
         return total / max(n_valid, 1) if reduction == "mean" else total
 
@@ -216,15 +234,19 @@ class _LinearSmoothedCE(torch.autograd.Function):
             row_weight = grad_out.reshape(-1).index_select(0, idx).float()
             _, (g_h, g_w, g_b) = _chunk_pass(h, weight, bias, t, e, row_weight, softcap, logit_scale, chunk)
         else:
-            saved = ctx.saved_tensors
-            if not saved:
+            grads = ctx.grads
+            ctx.grads = None
+            if grads is None:
                 return (None,) * 10
-            idx, g_h, g_w, *rest = saved
-            g_b = rest[0] if rest else None
+            (idx,) = ctx.saved_tensors
+            g_h, g_w, g_b = grads
+            # Scale the gradients computed in the forward pass in place (no second copy of grad_weight);
+            # like Liger's fused linear cross-entropy, this graph supports a single backward pass.
             s = grad_out.float()
-            g_h = g_h * s.to(g_h.dtype)
-            g_w = g_w * s
-            g_b = g_b * s if g_b is not None else None
+            g_h.mul_(s.to(g_h.dtype))
+            g_w.mul_(s)
+            if g_b is not None:
+                g_b.mul_(s)
         grad_hidden = torch.zeros(flat_shape, dtype=hidden_dtype, device=g_h.device)
         grad_hidden.index_copy_(0, idx, g_h.to(hidden_dtype))
         return (
