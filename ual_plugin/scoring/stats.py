@@ -1,0 +1,207 @@
+"""``ual stats FILE``: the ``uncertainty`` column and the smoothing it maps to, as a table and a PNG.
+
+Count, missing, mean, std and quantiles of the scores (per group when a ``source``-like column is
+present), then the label-smoothing values the exact map gives for ``--alpha`` (beta, mean, quantiles,
+share clipped at v_max), and two histograms (scores, smoothing) in a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+GROUP_COLUMNS = ("source", "dataset", "origin", "task", "category")
+MAX_GROUPS = 12
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="scored .jsonl/.json/.csv/.parquet file or save_to_disk folder")
+    p.add_argument("--alpha", type=float, default=0.1, help="mean smoothing to map to (default 0.1)")
+    p.add_argument("--v-max", type=float, default=0.99, help="largest smoothing value (default 0.99)")
+    p.add_argument("--field", default="uncertainty", help="score column (default uncertainty)")
+    p.add_argument("--by", default=None, metavar="COLUMN",
+                   help=f"group by this column (default: the first of {', '.join(GROUP_COLUMNS)} present)")
+    p.add_argument("--split", default=None, help="split of a DatasetDict folder")
+    p.add_argument("--plot", default=None, metavar="PATH", help="PNG path (default FILE.stats.png)")
+    p.add_argument("--no-plot", action="store_true", help="print the table only")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+
+
+def _describe(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {}
+    out = {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min())}
+    for q in QUANTILES:
+        out[f"p{int(q * 100)}"] = float(np.quantile(values, q))
+    out["max"] = float(values.max())
+    return out
+
+
+def _as_float(v: Any) -> float | None:
+    if v is None or v == "":
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def summarize(values: Sequence[Any], groups: Sequence[Any] | None = None, alpha: float = 0.1,
+              v_max: float = 0.99) -> dict[str, Any]:
+    """Summary of the scores (None / '' / non-numbers count as missing) and of the mapped smoothing."""
+    from ual_plugin.mapping import fit_smoothing_map
+
+    raw = [_as_float(v) for v in values]
+    present = np.array([v for v in raw if v is not None], dtype=np.float64)
+    out: dict[str, Any] = {"count": len(raw), "missing": sum(v is None for v in raw), "scores": _describe(present)}
+    smooth = None
+    try:
+        smap = fit_smoothing_map(present, alpha=alpha, v_max=v_max)
+        smooth = smap(present)
+        out["smoothing"] = {"alpha": alpha, "v_max": v_max, "beta": smap.beta, **_describe(smooth),
+                            "clipped_at_v_max": float(np.mean(smooth >= v_max * (1 - 1e-12)))}
+    except ValueError as err:
+        out["smoothing_error"] = str(err)
+    if groups is not None:
+        per: dict[str, dict[str, Any]] = {}
+        keys = [str(g) for g in groups]
+        order = list(dict.fromkeys(keys))
+        idx_present = [i for i, v in enumerate(raw) if v is not None]
+        for name in order[:MAX_GROUPS]:
+            g_raw = [raw[i] for i, k in enumerate(keys) if k == name]
+            g_vals = np.array([v for v in g_raw if v is not None], dtype=np.float64)
+            entry: dict[str, Any] = {"count": len(g_raw), "missing": sum(v is None for v in g_raw),
+                                     "scores": _describe(g_vals)}
+            if smooth is not None:
+                sel = np.array([keys[i] == name for i in idx_present], dtype=bool)
+                entry["smoothing_mean"] = float(smooth[sel].mean()) if sel.any() else None
+            per[name] = entry
+        out["groups"] = per
+        if len(order) > MAX_GROUPS:
+            out["groups_omitted"] = len(order) - MAX_GROUPS
+    out["_present"] = present
+    out["_smooth"] = smooth
+    return out
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def format_table(summary: dict[str, Any], field: str, group_col: str | None) -> str:
+    cols = ["count", "missing", "mean", "std", "min", "p5", "p25", "p50", "p75", "p95", "max"]
+    rows = [[f"{field} (all)", summary["count"], summary["missing"], *[summary["scores"].get(c) for c in cols[2:]]]]
+    for name, g in (summary.get("groups") or {}).items():
+        rows.append([f"  {group_col}={name}", g["count"], g["missing"], *[g["scores"].get(c) for c in cols[2:]]])
+    sm = summary.get("smoothing")
+    if sm:
+        rows.append([f"smoothing (alpha={sm['alpha']:g})", summary["count"] - summary["missing"], "-",
+                     *[sm.get(c) for c in cols[2:]]])
+    header = ["", *cols]
+    cells = [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    lines = ["  ".join(str(h).ljust(w) if i == 0 else str(h).rjust(w) for i, (h, w) in enumerate(zip(header, widths,
+                                                                                                   strict=True)))]
+    for r in cells:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
+                                                                                                   strict=True))))
+    if sm:
+        lines.append(f"smoothing = min(beta * {field}, v_max) with beta = {sm['beta']:.6g}, v_max = {sm['v_max']:g}; "
+                     f"{100 * sm['clipped_at_v_max']:.1f}% of samples clipped at v_max")
+        for name, g in (summary.get("groups") or {}).items():
+            if g.get("smoothing_mean") is not None:
+                lines.append(f"  mean smoothing for {group_col}={name}: {g['smoothing_mean']:.4g}")
+    elif summary.get("smoothing_error"):
+        lines.append(f"smoothing: cannot map at this alpha: {summary['smoothing_error']}")
+    if summary.get("groups_omitted"):
+        lines.append(f"({summary['groups_omitted']} more {group_col} values not shown)")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], values: Sequence[Any], groups: Sequence[Any] | None, path: Path,
+         field: str, group_col: str | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present, smooth = summary["_present"], summary["_smooth"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    raw = [_as_float(v) for v in values]
+    keys = [str(g) for g in groups] if groups is not None else None
+    names = list(summary.get("groups") or {}) if keys is not None else []
+    bins = np.histogram_bin_edges(present, bins=30) if present.size else 30
+    if names:
+        for name in names:
+            vals = [v for v, k in zip(raw, keys, strict=True) if v is not None and k == name]
+            axes[0].hist(vals, bins=bins, alpha=0.5, label=f"{name} (n={len(vals)})")
+        axes[0].legend(fontsize=8)
+    else:
+        axes[0].hist(present, bins=bins, color="tab:blue")
+    axes[0].set_title(f"{field} (n={present.size}, missing {summary['missing']})")
+    axes[0].set_xlabel(field)
+    axes[0].set_ylabel("samples")
+    if smooth is not None:
+        sm = summary["smoothing"]
+        sbins = np.histogram_bin_edges(smooth, bins=30)
+        if names:
+            present_keys = [k for v, k in zip(raw, keys, strict=True) if v is not None]
+            for name in names:
+                sel = np.array([k == name for k in present_keys], dtype=bool)
+                axes[1].hist(smooth[sel], bins=sbins, alpha=0.5, label=name)
+        else:
+            axes[1].hist(smooth, bins=sbins, color="tab:orange")
+        axes[1].axvline(sm["alpha"], color="k", linestyle="--", linewidth=1, label=f"mean = alpha = {sm['alpha']:g}")
+        axes[1].legend(fontsize=8)
+        axes[1].set_title(f"label smoothing (alpha={sm['alpha']:g}, beta={sm['beta']:.3g})")
+    else:
+        axes[1].text(0.5, 0.5, "no smoothing at this alpha\n(see the table)", ha="center", va="center")
+        axes[1].set_title("label smoothing")
+    axes[1].set_xlabel("smoothing value")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ual_plugin.scoring.formats import InputError, load_data
+
+    try:
+        data = load_data(args.file, split=args.split)
+    except InputError as err:
+        print(f"ual stats: error: {err}", file=sys.stderr)
+        return 2
+    if data.rows and args.field not in data.columns:
+        print(f"ual stats: error: {args.file} has no {args.field!r} column (columns: {data.columns}); "
+              "run `ual score` first or pass --field", file=sys.stderr)
+        return 2
+    values = [r.get(args.field) for r in data.rows]
+    group_col = args.by or next((c for c in GROUP_COLUMNS if c in data.columns), None)
+    if group_col is not None and group_col not in data.columns:
+        print(f"ual stats: error: no column {group_col!r} to group by", file=sys.stderr)
+        return 2
+    groups = [r.get(group_col) for r in data.rows] if group_col else None
+    summary = summarize(values, groups, alpha=args.alpha, v_max=args.v_max)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if not k.startswith("_")}, indent=2))
+    else:
+        print(format_table(summary, args.field, group_col))
+    if not args.no_plot and summary["_present"].size:
+        path = Path(args.plot) if args.plot else Path(str(args.file).rstrip("/") + ".stats.png")
+        plot(summary, values, groups, path, args.field, group_col)
+        print(f"plot: {path}", file=sys.stderr if args.json else sys.stdout)
+    return 1 if "smoothing_error" in summary and summary["_present"].size else 0
