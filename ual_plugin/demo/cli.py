@@ -1,0 +1,22 @@
+"""`ual demo`: the bundled end-to-end demo (no API key, no hub)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("ual_demo_output"), help="output folder")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--alpha", type=float, default=0.1, help="mean smoothing value (ual_alpha)")
+    parser.add_argument("--n-train", type=int, default=480)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ual_plugin.demo.run import DemoSettings, run_demo
+
+    run_demo(DemoSettings(out_dir=args.out, epochs=args.epochs, alpha=args.alpha, n_train=args.n_train,
+                          seed=args.seed))
+    return 0
