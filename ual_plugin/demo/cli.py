@@ -12,11 +12,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.1, help="mean smoothing value (ual_alpha)")
     parser.add_argument("--n-train", type=int, default=480)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--uncertainty", choices=["ppl", "category"], default="ppl",
+                        help="ppl: `ual score --scorer ppl` with the SFT model (default); "
+                        "category: from the generator's known category")
 
 
 def run(args: argparse.Namespace) -> int:
     from ual_plugin.demo.run import DemoSettings, run_demo
 
     run_demo(DemoSettings(out_dir=args.out, epochs=args.epochs, alpha=args.alpha, n_train=args.n_train,
-                          seed=args.seed))
+                          seed=args.seed, scorer=args.uncertainty))
     return 0

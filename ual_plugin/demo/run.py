@@ -32,7 +32,7 @@ class DemoSettings:
     hidden_size: int = 96
     layers: int = 2
     seed: int = 0
-    scorer: str = "category"
+    scorer: str = "ppl"
     extra: dict = field(default_factory=dict)
 
 
@@ -47,17 +47,29 @@ def _quiet_env() -> None:
 def build_data(s: DemoSettings) -> tuple[list[dict], list[dict]]:
     train = generate(s.n_train, seed=s.seed)
     evaluation = generate(s.n_eval, seed=s.seed + 1000)
-    rng = random.Random(s.seed + 1)
-    for row in train + evaluation:
-        row["uncertainty"] = category_uncertainty(row, rng)
     return train, evaluation
+
+
+def add_category_uncertainty(rows: list[dict], seed: int) -> None:
+    rng = random.Random(seed + 1)
+    for row in rows:
+        row["uncertainty"] = category_uncertainty(row, rng)
+
+
+def score_with_ppl(train_path: Path, out_path: Path, model_dir: Path) -> list[dict]:
+    """`ual score --scorer ppl`: each response's perplexity under a local model, as its uncertainty."""
+    from ual_plugin.cli import main as ual_cli
+
+    code = ual_cli(["score", str(train_path), "-o", str(out_path), "--scorer", "ppl", "--model", str(model_dir)])
+    if code != 0:
+        raise RuntimeError(f"`ual score` failed with exit code {code}")
+    return [json.loads(line) for line in out_path.read_text().splitlines() if line.strip()]
 
 
 def train_one(model_dir: Path, train: list[dict], s: DemoSettings, ual: bool, out: Path):
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.trainer_callback import ProgressCallback
 
     from ual_plugin.trl import UALSFTConfig, UALSFTTrainer
@@ -77,7 +89,7 @@ def train_one(model_dir: Path, train: list[dict], s: DemoSettings, ual: bool, ou
         warmup_steps=5, logging_steps=5, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
         seed=s.seed, max_length=64, disable_tqdm=False, loss_type="nll", dataset_num_proc=None,
     )
-    columns = ["prompt", "completion", "uncertainty"]
+    columns = ["prompt", "completion"] + (["uncertainty"] if ual else [])
     ds = Dataset.from_list([{k: r[k] for k in columns} for r in train])
     trainer = UALSFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     trainer.remove_callback(ProgressCallback)
@@ -85,6 +97,8 @@ def train_one(model_dir: Path, train: list[dict], s: DemoSettings, ual: bool, ou
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
+    trainer.save_model(str(out / "final"))
+    tok.save_pretrained(str(out / "final"))
     return trainer.model, tok, trainer.state.log_history, seconds, trainer.ual_map
 
 
@@ -169,7 +183,7 @@ def run_demo(s: DemoSettings) -> dict:
     out = Path(s.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"[1/4] building a tiny Llama (hidden {s.hidden_size}, {s.layers} layers) and its tokenizer locally")
+    print(f"[1/6] building a tiny Llama (hidden {s.hidden_size}, {s.layers} layers) and its tokenizer locally")
     train, evaluation = build_data(s)
     corpus = [r["prompt"] + r["completion"] for r in train]
     model_dir = build_tiny_llama(out / "tiny-llama", texts=corpus, hidden_size=s.hidden_size,
@@ -177,24 +191,37 @@ def run_demo(s: DemoSettings) -> dict:
     write_jsonl(train, out / "train.jsonl")
     write_jsonl(evaluation, out / "eval.jsonl")
     n_high = sum(r["entropy"] == "high" for r in train)
-    print(f"[2/4] generated {len(train)} training rows ({n_high} open-ended, {len(train) - n_high} one-right-answer)"
+    print(f"[2/6] generated {len(train)} training rows ({n_high} open-ended, {len(train) - n_high} one-right-answer)"
           f" and {len(evaluation)} eval rows")
-    print("      uncertainty: from the generator's known category (a stand-in for `ual score`; "
-          "the paper uses an LLM judge)")
 
-    results, histories, timings = {}, {}, {}
-    for name, ual in (("SFT", False), ("UAL", True)):
-        print(f"[3/4] training {name} ({s.epochs} epochs, batch {s.batch_size})")
-        model, tok, history, seconds, smap = train_one(model_dir, train, s, ual, out / f"run-{name.lower()}")
+    results, histories = {}, {}
+
+    def run(name: str, ual: bool, rows: list[dict]) -> None:
+        model, tok, history, seconds, smap = train_one(model_dir, rows, s, ual, out / f"run-{name.lower()}")
         histories[name] = history
-        timings[name] = seconds
         results[name] = evaluate(model, tok, evaluation)
         results[name]["train seconds"] = seconds
         smoothing = [h["ual_smoothing"] for h in history if "ual_smoothing" in h]
         results[name]["logged ual_smoothing (mean)"] = float(np.mean(smoothing)) if smoothing else 0.0
         if smap is not None:
-            print(f"      fitted map: beta={smap.beta:.5f}, alpha={smap.alpha}, v_max={smap.v_max} on {smap.n_fit} rows")
-    print("[4/4] results on the held-out rows")
+            print(f"      fitted map: beta={smap.beta:.5g}, alpha={smap.alpha}, v_max={smap.v_max} on {smap.n_fit} rows")
+
+    print(f"[3/6] plain SFT ({s.epochs} epochs, batch {s.batch_size})")
+    run("SFT", False, train)
+    if s.scorer == "ppl":
+        print("[4/6] ual score --scorer ppl: each response's perplexity under the SFT model is its uncertainty")
+        scored = score_with_ppl(out / "train.jsonl", out / "train.scored.jsonl", out / "run-sft" / "final")
+    else:
+        print("[4/6] uncertainty from the generator's known category (a stand-in for an LLM judge)")
+        add_category_uncertainty(train, s.seed)
+        write_jsonl(train, out / "train.scored.jsonl")
+        scored = train
+    by_class = {c: [r["uncertainty"] for r in scored if r["entropy"] == c] for c in ("low", "high")}
+    print(f"      mean uncertainty: one-right-answer rows {np.mean(by_class['low']):.3g}, "
+          f"open-ended rows {np.mean(by_class['high']):.3g}")
+    print(f"[5/6] UAL, same settings, ual_alpha={s.alpha}")
+    run("UAL", True, scored)
+    print("[6/6] results on the held-out rows")
     table = format_table(results)
     print(table)
     png = plot_losses(histories, out / "loss_curves.png")

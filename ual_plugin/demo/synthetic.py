@@ -35,29 +35,35 @@ _OPEN_PROMPTS = [
     "Give me an idea for a story about {t}.",
 ]
 _OPENERS = ["Picture", "Imagine", "Think of", "There is", "Somewhere is", "Here is"]
-_ADJ = ["gentle", "bright", "strange", "calm", "wild", "tiny", "golden", "soft", "hidden", "cheerful", "misty", "bold"]
-_NOUNS = ["light", "song", "path", "window", "river", "dream", "garden", "voice", "bridge", "story"]
+_ADJ = ["gentle", "bright", "strange", "calm", "wild", "tiny", "golden", "soft", "hidden", "cheerful", "misty", "bold",
+        "quiet", "silver", "ancient", "restless", "warm", "lonely", "curious", "faded"]
+_NOUNS = ["light", "song", "path", "window", "river", "dream", "garden", "voice", "bridge", "story", "lantern",
+          "door", "shadow", "letter", "feather", "harbor", "clock", "meadow", "stone", "melody"]
+_VERBS = ["hums", "waits", "drifts", "glows", "listens", "wanders", "sleeps", "sparkles", "whispers", "lingers"]
 _ENDINGS = ["that nobody forgets.", "waiting for morning.", "full of small surprises.", "that feels like home.",
             "under a slow sky.", "with a secret of its own."]
 
 
 def _arithmetic(rng: random.Random) -> tuple[str, str, str]:
-    a, b = rng.randint(2, 99), rng.randint(2, 99)
-    op = rng.choice(["+", "-", "*"])
-    answer = {"+": a + b, "-": a - b, "*": a * b}[op]
-    return f"What is {a} {op} {b}?", f" {answer}", "arithmetic"
+    # small enough for a tiny model to learn: the answer is a function of the prompt
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    return f"What is {a} + {b}?", f" {a + b}", "arithmetic"
 
 
 def _conversion(rng: random.Random) -> tuple[str, str, str]:
     src, dst, factor = rng.choice(_UNITS)
-    x = rng.randint(1, 20)
+    x = rng.randint(1, 9)
     return f"Convert {x} {src} to {dst}.", f" {x * factor} {dst}", "unit_conversion"
 
 
 def _open(rng: random.Random) -> tuple[str, str, str]:
+    # many equally valid replies per prompt: the answer is NOT a function of the prompt
     topic = rng.choice(_TOPICS)
     prompt = rng.choice(_OPEN_PROMPTS).format(t=topic)
-    reply = f" {rng.choice(_OPENERS)} a {rng.choice(_ADJ)} {rng.choice(_NOUNS)} near {topic}, {rng.choice(_ENDINGS)}"
+    parts = [f"{rng.choice(_OPENERS)} a {rng.choice(_ADJ)} {rng.choice(_NOUNS)} that {rng.choice(_VERBS)}"]
+    for _ in range(rng.randint(0, 2)):
+        parts.append(f"a {rng.choice(_ADJ)} {rng.choice(_NOUNS)} {rng.choice(_VERBS)}")
+    reply = " " + ", and ".join(parts) + f" {rng.choice(_ENDINGS)}"
     return prompt, reply, "open_ended"
 
 

@@ -1,0 +1,164 @@
+"""Training-step time and peak memory: UALSFTTrainer vs stock SFTTrainer, side by side in one run.
+
+Both trainers wrap identical randomly initialised Llama models and see the same pre-tokenized
+batch (labels on the second half of each sequence, as with completion-only loss). A step is
+``trainer.training_step`` (forward + backward, gradient accumulation bookkeeping included; the
+optimizer update is the same for both and left out). Time: interleaved rounds, median of
+per-round ratios. Memory: a fresh process per variant (CPU: VmHWM - VmRSS around one warmed-up
+step with MALLOC_MMAP_THRESHOLD_; CUDA: max_memory_allocated above the state before the step).
+
+    python benchmarks/train_step_bench.py                          # CPU, small Llama
+    python benchmarks/train_step_bench.py --preset llama3-8b-lora  # GPU: Llama-3-8B shape, LoRA, bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+PRESETS = {
+    "cpu-small": dict(hidden=256, layers=4, heads=4, kv_heads=4, inter=688, vocab=32000, seq=256, batch=4,
+                      lora=False, dtype="fp32"),
+    "llama3-8b-lora": dict(hidden=4096, layers=32, heads=32, kv_heads=8, inter=14336, vocab=128256, seq=4096,
+                           batch=1, lora=True, dtype="bf16"),
+}
+
+
+def build_trainer(p: dict, variant: str, device: str, out_dir: str):
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ual_plugin.trl import UALSFTConfig, UALSFTTrainer
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if p["dtype"] == "bf16" else torch.float32
+    cfg = LlamaConfig(vocab_size=p["vocab"], hidden_size=p["hidden"], intermediate_size=p["inter"],
+                      num_hidden_layers=p["layers"], num_attention_heads=p["heads"],
+                      num_key_value_heads=p["kv_heads"], max_position_embeddings=p["seq"] * 2)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    if p["lora"]:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(p["batch"] * 2):
+        ids = torch.randint(10, p["vocab"], (p["seq"],), generator=g).tolist()
+        labels = [-100] * (p["seq"] // 2) + ids[p["seq"] // 2 :]
+        rows.append({"input_ids": ids, "labels": labels, "uncertainty": float(torch.rand(1, generator=g)) * 99})
+    ds = Dataset.from_list(rows)
+    if variant == "stock":
+        ds = ds.remove_columns("uncertainty")
+    args = UALSFTConfig(
+        output_dir=out_dir, ual=(variant == "ual"), ual_alpha=0.1, per_device_train_batch_size=p["batch"],
+        use_cpu=(device == "cpu"), bf16=(p["dtype"] == "bf16"), report_to=[], save_strategy="no",
+        max_length=p["seq"], disable_tqdm=True, dataset_num_proc=None, gradient_checkpointing=(device != "cpu"),
+    )
+    # ual=False makes UALSFTTrainer exactly stock SFTTrainer (same class hierarchy, TRL's own loss path)
+    from ual_plugin.demo.tiny import build_tokenizer
+
+    trainer = UALSFTTrainer(model=model, args=args, train_dataset=ds, processing_class=build_tokenizer())
+    trainer.create_optimizer()
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch = trainer._prepare_inputs(batch)
+    n_items = (batch["labels"][:, 1:] != -100).sum()
+    return trainer, batch, n_items
+
+
+def one_step(trainer, batch, n_items) -> None:
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.training_step(trainer.model, dict(batch), n_items)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def memory_of(p: dict, variant: str, device: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, batch, n = build_trainer(p, variant, device, tmp)
+        one_step(trainer, batch, n)
+        sync(device)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            one_step(trainer, batch, n)
+            sync(device)
+            return float(torch.cuda.max_memory_allocated() - before)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _kb("VmRSS")
+        one_step(trainer, batch, n)
+        return 1024.0 * (_kb("VmHWM") - before)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=list(PRESETS), default="cpu-small")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--reps", type=int, default=8)
+    ap.add_argument("--memory-of", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    p = PRESETS[args.preset]
+    os.environ.setdefault("WANDB_DISABLED", "true")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if args.memory_of:
+        print(json.dumps({"peak_bytes": memory_of(p, args.memory_of, args.device)}))
+        return 0
+    variants = ("stock", "ual")
+    with tempfile.TemporaryDirectory() as tmp:
+        built = {v: build_trainer(p, v, args.device, os.path.join(tmp, v)) for v in variants}
+        for v in variants:
+            one_step(*built[v])
+        times = {v: [] for v in variants}
+        for _ in range(args.reps):
+            for v in variants:
+                sync(args.device)
+                t = time.perf_counter()
+                one_step(*built[v])
+                sync(args.device)
+                times[v].append(time.perf_counter() - t)
+        del built
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
+    memory = {}
+    for v in variants:
+        out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--device", args.device,
+                              "--memory-of", v], env=env, capture_output=True, text=True, check=True)
+        memory[v] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+    import transformers
+    import trl
+
+    print(f"\npreset={args.preset} {p} device={args.device}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, trl {trl.__version__}, {args.reps} interleaved rounds")
+    print("| trainer | median step | time vs stock | peak memory | memory vs stock |")
+    print("|---|---|---|---|---|")
+    for v in variants:
+        ratio = statistics.median(a / b for a, b in zip(times[v], times["stock"], strict=True))
+        print(f"| {'UALSFTTrainer' if v == 'ual' else 'stock SFTTrainer'} | {1000 * statistics.median(times[v]):.0f} ms "
+              f"| {ratio:.3f}x | {memory[v] / 2**20:.0f} MiB | {memory[v] / memory['stock']:.3f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
