@@ -8,13 +8,13 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("ual_demo_output"), help="output folder")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--alpha", type=float, default=0.1, help="mean smoothing value (ual_alpha)")
     parser.add_argument("--n-train", type=int, default=480)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--uncertainty", choices=["ppl", "category"], default="ppl",
-                        help="ppl: `ual score --scorer ppl` with the SFT model (default); "
-                        "category: from the generator's known category")
+    parser.add_argument("--uncertainty", choices=["category", "ppl"], default="category",
+                        help="scores UAL trains on: the generator's known category (default; a stand-in for an "
+                        "LLM judge) or `ual score --scorer ppl` with the SFT model")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,14 +25,14 @@ class DemoSettings:
     out_dir: Path = Path("ual_demo_output")
     n_train: int = 480
     n_eval: int = 96
-    epochs: int = 4
+    epochs: int = 15
     alpha: float = 0.1
     batch_size: int = 16
     learning_rate: float = 3e-3
-    hidden_size: int = 96
+    hidden_size: int = 128
     layers: int = 2
     seed: int = 0
-    scorer: str = "ppl"
+    scorer: str = "category"
     extra: dict = field(default_factory=dict)
 
 
@@ -42,6 +42,12 @@ def _quiet_env() -> None:
         "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1",
     }.items():
         os.environ.setdefault(key, value)
+
+
+def as_messages(row: dict) -> list[dict]:
+    if "messages" in row:
+        return row["messages"]
+    return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"].strip()}]
 
 
 def build_data(s: DemoSettings) -> tuple[list[dict], list[dict]]:
@@ -87,10 +93,12 @@ def train_one(model_dir: Path, train: list[dict], s: DemoSettings, ual: bool, ou
         output_dir=str(out), ual=ual, ual_alpha=s.alpha, num_train_epochs=s.epochs,
         per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate, lr_scheduler_type="cosine",
         warmup_steps=5, logging_steps=5, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
-        seed=s.seed, max_length=64, disable_tqdm=False, loss_type="nll", dataset_num_proc=None,
+        seed=s.seed, max_length=96, disable_tqdm=False, loss_type="nll", dataset_num_proc=None,
+        assistant_only_loss=True,
     )
-    columns = ["prompt", "completion"] + (["uncertainty"] if ual else [])
-    ds = Dataset.from_list([{k: r[k] for k in columns} for r in train])
+    # Conversational rows: training, `ual score` and evaluation all render them with the chat template.
+    ds = Dataset.from_list([{"messages": as_messages(r), **({"uncertainty": r["uncertainty"]} if ual else {})}
+                            for r in train])
     trainer = UALSFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_BarOnly())
@@ -111,8 +119,9 @@ def evaluate(model, tok, rows: list[dict]) -> dict[str, float]:
     correct = total = 0
     with torch.no_grad():
         for row in rows:
-            prompt_ids = tok(row["prompt"])["input_ids"]
-            full = tok(row["prompt"] + row["completion"] + tok.eos_token)["input_ids"]
+            messages = as_messages(row)
+            prompt_ids = list(tok.apply_chat_template(messages[:1], add_generation_prompt=True, return_dict=True)["input_ids"])
+            full = list(tok.apply_chat_template(messages, return_dict=True)["input_ids"])
             ids = torch.tensor([full])
             logits = model(input_ids=ids).logits[0, :-1]
             target = ids[0, 1:]
@@ -147,6 +156,8 @@ def plot_losses(histories: dict[str, list[dict]], path: Path) -> Path:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.set_title("Plain SFT vs UAL on the synthetic mixed-entropy demo")
+    fig.text(0.01, 0.01, "UAL's loss includes the smoothing term, so its curve sits above plain cross-entropy.",
+             fontsize=7, color="gray")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -188,7 +199,8 @@ def run_demo(s: DemoSettings) -> dict:
     corpus = [r["prompt"] + r["completion"] for r in train]
     model_dir = build_tiny_llama(out / "tiny-llama", texts=corpus, hidden_size=s.hidden_size,
                                  num_layers=s.layers, vocab_size=640, seed=s.seed)
-    write_jsonl(train, out / "train.jsonl")
+    write_jsonl([{"messages": as_messages(r), "category": r["category"], "entropy": r["entropy"]} for r in train],
+                out / "train.jsonl")
     write_jsonl(evaluation, out / "eval.jsonl")
     n_high = sum(r["entropy"] == "high" for r in train)
     print(f"[2/6] generated {len(train)} training rows ({n_high} open-ended, {len(train) - n_high} one-right-answer)"
@@ -208,16 +220,23 @@ def run_demo(s: DemoSettings) -> dict:
 
     print(f"[3/6] plain SFT ({s.epochs} epochs, batch {s.batch_size})")
     run("SFT", False, train)
+    print("[4/6] ual score --scorer ppl: each response's perplexity under the SFT model (offline, no API)")
+    ppl_rows = score_with_ppl(out / "train.jsonl", out / "train.ppl.jsonl", out / "run-sft" / "final")
+    ppl_means = {c: float(np.median([r["uncertainty"] for r in ppl_rows if r["entropy"] == c])) for c in ("low", "high")}
+    print(f"      median perplexity: one-right-answer rows {ppl_means['low']:.3g}, open-ended rows {ppl_means['high']:.3g}")
     if s.scorer == "ppl":
-        print("[4/6] ual score --scorer ppl: each response's perplexity under the SFT model is its uncertainty")
-        scored = score_with_ppl(out / "train.jsonl", out / "train.scored.jsonl", out / "run-sft" / "final")
+        scored = ppl_rows
+        print("      training UAL on these perplexity scores (--uncertainty ppl)")
     else:
-        print("[4/6] uncertainty from the generator's known category (a stand-in for an LLM judge)")
         add_category_uncertainty(train, s.seed)
-        write_jsonl(train, out / "train.scored.jsonl")
         scored = train
+        write_jsonl([{"messages": as_messages(r), "uncertainty": r["uncertainty"], "category": r["category"],
+                      "entropy": r["entropy"]} for r in train], out / "train.scored.jsonl")
+        print("      a tiny model's perplexity tracks what it has not learned yet, not how open-ended a task is, so")
+        print("      UAL trains on scores from the generator's known category instead: a stand-in for the LLM judge")
+        print("      (`ual score --model gpt-4o-mini`) the method calls for. `ual demo --uncertainty ppl` uses the above.")
     by_class = {c: [r["uncertainty"] for r in scored if r["entropy"] == c] for c in ("low", "high")}
-    print(f"      mean uncertainty: one-right-answer rows {np.mean(by_class['low']):.3g}, "
+    print(f"      training uncertainty (mean): one-right-answer rows {np.mean(by_class['low']):.3g}, "
           f"open-ended rows {np.mean(by_class['high']):.3g}")
     print(f"[5/6] UAL, same settings, ual_alpha={s.alpha}")
     run("UAL", True, scored)
@@ -225,7 +244,7 @@ def run_demo(s: DemoSettings) -> dict:
     table = format_table(results)
     print(table)
     png = plot_losses(histories, out / "loss_curves.png")
-    summary = {"results": results, "settings": {k: str(v) for k, v in s.__dict__.items()},
+    summary = {"results": results, "ppl_median_by_entropy": ppl_means, "settings": {k: str(v) for k, v in s.__dict__.items()},
                "seconds_total": time.perf_counter() - t0}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"loss curves: {png}")
