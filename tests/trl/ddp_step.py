@@ -1,0 +1,40 @@
+"""One SGD step of UALSFTTrainer, run by tests under torchrun (2 CPU processes, gloo) or alone.
+
+usage: ddp_step.py MODEL_DIR OUT_FILE PER_DEVICE_BATCH GRAD_ACCUM
+Writes the parameter update (rank 0) as a torch file.
+"""
+
+import os
+import sys
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ual_plugin.trl import UALSFTConfig, UALSFTTrainer
+
+
+def main() -> None:
+    model_dir, out_file, bs, ga = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    rows = [{"prompt": f"Sample {i}: what is {i} plus {i}? " + "more " * (i % 5), "completion": f" It is {2 * i}.",
+             "uncertainty": float(1 + 7 * i)} for i in range(16)]
+    args = UALSFTConfig(
+        output_dir=out_file + ".out", use_cpu=True, report_to=[], save_strategy="no", max_steps=1, seed=0,
+        per_device_train_batch_size=bs, gradient_accumulation_steps=ga, optim="sgd", learning_rate=1.0,
+        lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, bf16=False, disable_tqdm=True,
+        train_sampling_strategy="sequential", shuffle_dataset=False, dataset_num_proc=None, ual_alpha=0.3,
+        max_length=64, ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    trainer = UALSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                            processing_class=AutoTokenizer.from_pretrained(model_dir))
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    trainer.train()
+    if trainer.accelerator.is_main_process:
+        delta = torch.cat([(p.detach() - before[k]).flatten() for k, p in trainer.model.named_parameters()])
+        torch.save(delta, out_file)
+
+
+if __name__ == "__main__":
+    main()
