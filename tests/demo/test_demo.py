@@ -29,7 +29,7 @@ def test_demo_runs_end_to_end(tmp_path):
     from ual_plugin.demo.run import DemoSettings, run_demo
 
     summary = run_demo(DemoSettings(out_dir=tmp_path, n_train=48, n_eval=12, epochs=1, batch_size=8,
-                                    hidden_size=32))
+                                    hidden_size=32, axolotl=False))
     assert set(summary["results"]) == {"SFT", "UAL"}
     assert summary["results"]["SFT"]["logged ual_smoothing (mean)"] == 0.0
     assert 0.0 < summary["results"]["UAL"]["logged ual_smoothing (mean)"] < 0.99

@@ -33,6 +33,8 @@ class DemoSettings:
     layers: int = 2
     seed: int = 0
     scorer: str = "category"
+    axolotl: bool = True
+    axolotl_steps: int = 30
     extra: dict = field(default_factory=dict)
 
 
@@ -181,6 +183,12 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _axolotl_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("axolotl") is not None
+
+
 def run_demo(s: DemoSettings) -> dict:
     _quiet_env()
     from transformers.utils import logging as hf_logging
@@ -194,7 +202,7 @@ def run_demo(s: DemoSettings) -> dict:
     out = Path(s.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"[1/6] building a tiny Llama (hidden {s.hidden_size}, {s.layers} layers) and its tokenizer locally")
+    print(f"[1/7] building a tiny Llama (hidden {s.hidden_size}, {s.layers} layers) and its tokenizer locally")
     train, evaluation = build_data(s)
     corpus = [r["prompt"] + r["completion"] for r in train]
     model_dir = build_tiny_llama(out / "tiny-llama", texts=corpus, hidden_size=s.hidden_size,
@@ -203,7 +211,7 @@ def run_demo(s: DemoSettings) -> dict:
                 out / "train.jsonl")
     write_jsonl(evaluation, out / "eval.jsonl")
     n_high = sum(r["entropy"] == "high" for r in train)
-    print(f"[2/6] generated {len(train)} training rows ({n_high} open-ended, {len(train) - n_high} one-right-answer)"
+    print(f"[2/7] generated {len(train)} training rows ({n_high} open-ended, {len(train) - n_high} one-right-answer)"
           f" and {len(evaluation)} eval rows")
 
     results, histories = {}, {}
@@ -218,34 +226,50 @@ def run_demo(s: DemoSettings) -> dict:
         if smap is not None:
             print(f"      fitted map: beta={smap.beta:.5g}, alpha={smap.alpha}, v_max={smap.v_max} on {smap.n_fit} rows")
 
-    print(f"[3/6] plain SFT ({s.epochs} epochs, batch {s.batch_size})")
+    print(f"[3/7] plain SFT ({s.epochs} epochs, batch {s.batch_size})")
     run("SFT", False, train)
-    print("[4/6] ual score --scorer ppl: each response's perplexity under the SFT model (offline, no API)")
+    print("[4/7] ual score --scorer ppl: each response's perplexity under the SFT model (offline, no API)")
     ppl_rows = score_with_ppl(out / "train.jsonl", out / "train.ppl.jsonl", out / "run-sft" / "final")
     ppl_means = {c: float(np.median([r["uncertainty"] for r in ppl_rows if r["entropy"] == c])) for c in ("low", "high")}
     print(f"      median perplexity: one-right-answer rows {ppl_means['low']:.3g}, open-ended rows {ppl_means['high']:.3g}")
     if s.scorer == "ppl":
         scored = ppl_rows
+        scored_path = out / "train.ppl.jsonl"
         print("      training UAL on these perplexity scores (--uncertainty ppl)")
     else:
         add_category_uncertainty(train, s.seed)
         scored = train
+        scored_path = out / "train.scored.jsonl"
         write_jsonl([{"messages": as_messages(r), "uncertainty": r["uncertainty"], "category": r["category"],
-                      "entropy": r["entropy"]} for r in train], out / "train.scored.jsonl")
+                      "entropy": r["entropy"]} for r in train], scored_path)
         print("      a tiny model's perplexity tracks what it has not learned yet, not how open-ended a task is, so")
         print("      UAL trains on scores from the generator's known category instead: a stand-in for the LLM judge")
         print("      (`ual score --model gpt-4o-mini`) the method calls for. `ual demo --uncertainty ppl` uses the above.")
     by_class = {c: [r["uncertainty"] for r in scored if r["entropy"] == c] for c in ("low", "high")}
     print(f"      training uncertainty (mean): one-right-answer rows {np.mean(by_class['low']):.3g}, "
           f"open-ended rows {np.mean(by_class['high']):.3g}")
-    print(f"[5/6] UAL, same settings, ual_alpha={s.alpha}")
+    print(f"[5/7] UAL, same settings, ual_alpha={s.alpha}")
     run("UAL", True, scored)
-    print("[6/6] results on the held-out rows")
+    print("[6/7] results on the held-out rows (TRL runs)")
     table = format_table(results)
     print(table)
     png = plot_losses(histories, out / "loss_curves.png")
-    summary = {"results": results, "ppl_median_by_entropy": ppl_means, "settings": {k: str(v) for k, v in s.__dict__.items()},
-               "seconds_total": time.perf_counter() - t0}
+    summary = {"results": results, "ppl_median_by_entropy": ppl_means,
+               "settings": {k: str(v) for k, v in s.__dict__.items()}}
+    if s.axolotl and _axolotl_available():
+        from ual_plugin.axolotl.demo import train_with_axolotl
+
+        print("[7/7] the same scored rows through the real `axolotl train` (plugins: [ual_plugin.axolotl.UALPlugin], "
+              "ual: true)")
+        status, parsed = train_with_axolotl(out / "axolotl", model_dir, scored_path, s.alpha, s.axolotl_steps, s.seed)
+        if status != 0:
+            raise RuntimeError(f"axolotl train failed (exit {status}); see {out / 'axolotl' / 'train.log'}")
+        smoothing = [m["ual_smoothing"] for m in parsed.get("train", []) if "ual_smoothing" in m]
+        summary["axolotl"] = {"banner": parsed.get("banner"), "steps": len(parsed.get("train", [])),
+                              "mean_ual_smoothing": float(np.mean(smoothing)) if smoothing else None}
+    else:
+        print("[7/7] skipped: axolotl is not installed here (pip install 'ual-plugin[axolotl]')")
+    summary["seconds_total"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"loss curves: {png}")
     print(f"summary:     {out / 'summary.json'}  (total {summary['seconds_total']:.0f} s)")

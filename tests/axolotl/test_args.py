@@ -1,0 +1,141 @@
+"""The plugin's options inside Axolotl's real config validation: values, refusals, the ual-off warning."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+pytest.importorskip("axolotl")
+
+from ual_plugin.axolotl.options import ual_conflicts  # noqa: E402
+
+pytestmark = pytest.mark.axolotl
+
+PLUGIN = "ual_plugin.axolotl.UALPlugin"
+
+
+def validate(raw: dict):
+    from axolotl.cli.config import gpu_capabilities, prepare_plugins
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    cfg = DictDefault(raw)
+    prepare_plugins(cfg)
+    caps, env_caps = gpu_capabilities()
+    return validate_config(cfg, capabilities=caps, env_capabilities=env_caps)
+
+
+@pytest.fixture
+def base(workspace):
+    return workspace.base_config("args")
+
+
+def test_defaults_and_values_survive_validation(base):
+    cfg = validate({**base, "ual_alpha": 0.3})
+    assert cfg.ual is True and cfg.ual_alpha == 0.3 and cfg.ual_v_max == 0.99
+    assert cfg.ual_mode == "column" and cfg.ual_uncertainty_field == "uncertainty"
+
+
+def test_without_the_plugin_line_ual_is_silently_dropped(base):
+    """The trap this project guards against (see `ual check`): Axolotl drops the unknown key."""
+    raw = {k: v for k, v in base.items() if k != "plugins"}
+    cfg = validate(raw)
+    assert cfg.get("ual") is None
+
+
+@pytest.mark.parametrize(
+    "changes, names",
+    [
+        ({"ual_alpha": 1.5}, ["ual_alpha"]),
+        ({"ual_alpha": 0.5, "ual_v_max": 0.4}, ["ual_alpha", "ual_v_max"]),
+        ({"ual_alpha": 0.0}, ["ual_alpha"]),
+        ({"ual_v_max": 1.5}, ["ual_v_max"]),
+        ({"ual_mode": "perplexity"}, ["ual_mode"]),
+        ({"ual_uncertainty_field": ""}, ["ual_uncertainty_field"]),
+    ],
+)
+def test_bad_values_name_the_option(base, changes, names):
+    with pytest.raises(Exception) as info:
+        validate({**base, **changes})
+    for name in names:
+        assert name in str(info.value)
+
+
+def _ds_config(tmp_path, stage: int) -> str:
+    path = tmp_path / f"zero{stage}.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": "auto"}))
+    return str(path)
+
+
+REFUSALS = [
+    ({"cut_cross_entropy": True}, "cut_cross_entropy"),
+    ({"plugins": [PLUGIN, "axolotl.integrations.liger.LigerPlugin"], "liger_fused_linear_cross_entropy": True},
+     "liger_fused_linear_cross_entropy"),
+    ({"use_eaft": True}, "use_eaft"),
+    ({"plugins": [PLUGIN, "axolotl.integrations.kd.KDPlugin"], "kd_trainer": True}, "kd_trainer"),
+    ({"rl": "dpo"}, "rl: dpo"),
+    ({"rl": "grpo"}, "rl: grpo"),
+    ({"reward_model": True}, "reward_model"),
+    ({"process_reward_model": True}, "process_reward_model"),
+    ({"fsdp_config": {"fsdp_version": 2}}, "fsdp"),
+    ({"trainer_cls": "my.Trainer"}, "trainer_cls"),
+    ({"adapter": "lora", "lora_target_modules": ["q_proj", "lm_head"]}, "lora_target_modules"),
+]
+
+
+@pytest.mark.parametrize("changes, name", REFUSALS, ids=[r[1] for r in REFUSALS])
+def test_loss_replacing_options_are_refused(base, changes, name):
+    with pytest.raises(Exception) as info:
+        validate({**base, **changes})
+    msg = str(info.value)
+    assert "ual: true cannot be combined with" in msg and name in msg
+
+
+def test_deepspeed_zero3_refused_zero2_accepted(base, tmp_path):
+    with pytest.raises(Exception) as info:
+        validate({**base, "deepspeed": _ds_config(tmp_path, 3)})
+    assert "ZeRO stage 3" in str(info.value) and "ual: true" in str(info.value)
+    assert not ual_conflicts({**base, "deepspeed": _ds_config(tmp_path, 2)})
+
+
+def test_column_mode_refuses_streaming_but_ppl_accepts(base):
+    assert any("streaming" in p for p in ual_conflicts({**base, "streaming": True}))
+    assert not ual_conflicts({**base, "streaming": True, "ual_mode": "ppl"})
+
+
+def test_conflicts_are_ignored_when_ual_is_off(base):
+    cfg = validate({**base, "ual": False, "use_eaft": True})
+    assert not cfg.ual
+
+
+def test_listed_plugin_with_ual_off_warns(base):
+    from ual_plugin.axolotl.plugin import UALPlugin
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("axolotl.integrations.ual")
+    logger.addHandler(handler)
+    try:
+        UALPlugin().register({k: v for k, v in base.items() if k != "ual"})
+    finally:
+        logger.removeHandler(handler)
+    assert any("UAL is OFF" in r.getMessage() for r in records)
+
+
+def test_plugin_hooks(base):
+    from axolotl.utils.dict import DictDefault
+
+    from ual_plugin.axolotl.plugin import UALPlugin
+    from ual_plugin.axolotl.trainer import UALAxolotlTrainer
+
+    plugin = UALPlugin()
+    on = DictDefault(validate(base))
+    off = DictDefault(validate({**base, "ual": False}))
+    assert plugin.get_trainer_cls(on) is UALAxolotlTrainer and plugin.get_trainer_cls(off) is None
+    assert plugin.get_collator_cls_and_kwargs(on) is None  # declines: Axolotl picks its collator, we wrap it
+    args = plugin.get_training_args(on)
+    assert args["ual"] is True and args["ual_alpha"] == 0.1 and args["average_tokens_across_devices"] is True
+    assert plugin.get_training_args(off) is None

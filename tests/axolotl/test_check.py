@@ -1,0 +1,117 @@
+"""``ual check CONFIG`` and the example configs it validates."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("axolotl")
+
+from tests.axolotl.helpers import REPO_ROOT, cli_env  # noqa: E402
+from ual_plugin.axolotl.check import ACTIVE, INACTIVE, INVALID  # noqa: E402
+from ual_plugin.cli import main as ual_main  # noqa: E402
+
+pytestmark = pytest.mark.axolotl
+
+EXAMPLES = sorted((REPO_ROOT / "example_configs").glob("*.yml"))
+
+
+def write(tmp_path: Path, cfg: dict, name: str = "cfg.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def check(path: Path, capsys) -> tuple[int, str]:
+    status = ual_main(["check", str(path)])
+    return status, capsys.readouterr().out
+
+
+def test_active_config(workspace, tmp_path, capsys):
+    status, out = check(write(tmp_path, workspace.base_config("check", ual_alpha=0.2)), capsys)
+    assert status == ACTIVE, out
+    assert "UAL will be active: mode=column, alpha=0.2, v_max=0.99, uncertainty field='uncertainty'" in out
+
+
+def test_ual_without_plugin_line_is_the_trap(workspace, tmp_path, capsys):
+    cfg = workspace.base_config("check")
+    del cfg["plugins"]
+    status, out = check(write(tmp_path, cfg), capsys)
+    assert status == INACTIVE
+    assert "does not list ual_plugin.axolotl.UALPlugin" in out and "PLAIN SFT" in out and "NOT be active" in out
+
+
+def test_misspelled_plugin_is_named(workspace, tmp_path, capsys):
+    cfg = workspace.base_config("check", plugins=["ual_plugin.UALPlugin"])
+    status, out = check(write(tmp_path, cfg), capsys)
+    assert status == INACTIVE and "ual_plugin.UALPlugin is not the plugin's name" in out
+
+
+def test_plugin_listed_but_ual_off(workspace, tmp_path, capsys):
+    cfg = workspace.base_config("check", ual=False)
+    status, out = check(write(tmp_path, cfg), capsys)
+    assert status == INACTIVE and "UAL is OFF" in out
+
+
+def test_unknown_ual_option(workspace, tmp_path, capsys):
+    cfg = workspace.base_config("check", ual_alhpa=0.3)
+    status, out = check(write(tmp_path, cfg), capsys)
+    assert status == INVALID and "ual_alhpa" in out
+
+
+def test_refused_option_is_reported(workspace, tmp_path, capsys):
+    cfg = workspace.base_config("check", cut_cross_entropy=True)
+    status, out = check(write(tmp_path, cfg), capsys)
+    assert status == INVALID and "cut_cross_entropy" in out and "ual: true cannot be combined" in out
+
+
+def test_missing_file(tmp_path, capsys):
+    status, out = check(tmp_path / "nope.yml", capsys)
+    assert status == INVALID and "no such file" in out
+
+
+def test_no_validate_mode_needs_no_axolotl_import(workspace, tmp_path, capsys):
+    cfg = workspace.base_config("check")
+    status = ual_main(["check", "--no-validate", str(write(tmp_path, cfg))])
+    assert status == ACTIVE, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_configs_validate_and_activate_ual(path, capsys):
+    """Every example config passes Axolotl's own validation with UAL active, and tells the user what to
+    change for a real model on one GPU."""
+    text = path.read_text(encoding="utf-8")
+    status, out = check(path, capsys)
+    assert status == ACTIVE, out
+    cfg = yaml.safe_load(text)
+    assert cfg["plugins"] == ["ual_plugin.axolotl.UALPlugin"] and cfg["ual"] is True
+    assert "Llama-3-8B" in text and "Mistral-7B" in text and "GPU" in text
+    expected_mode = "ppl" if path.name == "ppl-mode.yml" else "column"
+    assert f"mode={expected_mode}" in out
+
+
+def test_example_config_set_covers_the_documented_setups():
+    names = {p.name for p in EXAMPLES}
+    assert {"lora.yml", "qlora.yml", "sample-packing.yml", "ppl-mode.yml", "full-finetune.yml"} <= names
+    by_name = {p.name: yaml.safe_load(p.read_text()) for p in EXAMPLES}
+    assert by_name["qlora.yml"]["adapter"] == "qlora" and by_name["qlora.yml"]["load_in_4bit"] is True
+    assert by_name["sample-packing.yml"]["sample_packing"] is True
+    assert by_name["ppl-mode.yml"]["ual_mode"] == "ppl"
+    assert "adapter" not in by_name["full-finetune.yml"]
+
+
+@pytest.mark.slow
+def test_ual_check_console_script_flags_the_trap(workspace, tmp_path):
+    """The installed `ual` command, as a user runs it."""
+    cfg = workspace.base_config("check")
+    del cfg["plugins"]
+    path = write(tmp_path, cfg)
+    ual = Path(sys.executable).parent / "ual"
+    proc = subprocess.run([str(ual), "check", str(path)], env=cli_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == INACTIVE, proc.stdout + proc.stderr
+    assert "PLAIN SFT" in proc.stdout

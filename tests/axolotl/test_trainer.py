@@ -1,0 +1,141 @@
+"""In-process: ``UALAxolotlTrainer``'s loss against a full-logits reference, its logging, and its map fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+pytest.importorskip("axolotl")
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+
+from tests.axolotl.helpers import chat_rows, score_of  # noqa: E402
+from ual_plugin.axolotl.args import UALTrainingArgsMixin  # noqa: E402
+from ual_plugin.axolotl.dataset import SCORE_COLUMN  # noqa: E402
+from ual_plugin.data import TOKEN_COLUMN  # noqa: E402
+from ual_plugin.loss import smoothed_cross_entropy  # noqa: E402
+from ual_plugin.mapping import fit_smoothing_map  # noqa: E402
+
+pytestmark = pytest.mark.axolotl
+
+
+@pytest.fixture(scope="module")
+def parts(workspace):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(workspace.model)
+    rows = []
+    for i, r in enumerate(chat_rows(range(0, 12))):
+        prompt = tok.apply_chat_template(r["messages"][:1], add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template(r["messages"], tokenize=False)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids = tok(full, add_special_tokens=False)["input_ids"]
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids),
+                     "labels": [-100] * len(p_ids) + ids[len(p_ids):], SCORE_COLUMN: score_of(i)})
+    return tok, rows
+
+
+def make_trainer(workspace, tmp_path, rows, tok, **ual):
+    from axolotl.core.trainers.base import AxolotlTrainer  # noqa: F401  (import order: trainer before args)
+    from axolotl.core.training_args import AxolotlTrainingArguments
+    from axolotl.utils.collators import DataCollatorForSeq2Seq
+    from transformers import AutoModelForCausalLM
+
+    from ual_plugin.axolotl.trainer import UALAxolotlTrainer
+
+    if issubclass(AxolotlTrainingArguments, UALTrainingArgsMixin):
+        Args = AxolotlTrainingArguments  # the plugin was registered before Axolotl built its arguments class
+    else:
+
+        @dataclass
+        class Args(UALTrainingArgsMixin, AxolotlTrainingArguments):
+            pass
+
+    args = Args(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to=[], use_cpu=True,
+                average_tokens_across_devices=True, include_tkps=False, ual=True, **ual)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(workspace.model)
+    collator = DataCollatorForSeq2Seq(tok, padding=True, pad_to_multiple_of=8, return_tensors="pt")
+    train = Dataset.from_list(rows[:8])
+    evaluation = Dataset.from_list(rows[8:])
+    return UALAxolotlTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                             data_collator=collator, eval_data_collator=collator, processing_class=tok)
+
+
+def reference(model, batch, eps):
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    tgt = batch["labels"][:, 1:]
+    total = smoothed_cross_entropy(logits[:, :-1], tgt, eps[:, 1:], reduction="sum")
+    return total, int((tgt != -100).sum())
+
+
+def test_column_mode_loss_matches_full_logits_reference(workspace, tmp_path, parts):
+    tok, rows = parts
+    trainer = make_trainer(workspace, tmp_path, rows, tok, ual_alpha=0.2)
+    smap = fit_smoothing_map([r[SCORE_COLUMN] for r in rows[:8]], alpha=0.2)
+    assert trainer.ual_map.beta == pytest.approx(smap.beta)  # fitted on the training rows only
+    assert "UAL active: mode=column, alpha=0.2" in trainer.ual_banner()
+    assert trainer.model_accepts_loss_kwargs is True
+
+    batch = trainer.data_collator([dict(r) for r in rows[:3]])
+    eps = batch[TOKEN_COLUMN]
+    for b, r in enumerate(rows[:3]):
+        assert torch.allclose(eps[b, : len(r["input_ids"])], torch.tensor(smap.apply_one(r[SCORE_COLUMN])))
+    total, n = reference(trainer.model, batch, eps)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    assert loss.item() == pytest.approx(float(total) / n, rel=1e-5)
+    loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=torch.tensor(4 * n))
+    assert loss.item() == pytest.approx(float(total) / (4 * n), rel=1e-5)
+
+    mask = batch["labels"][:, 1:] != -100
+    expected_mean = float((eps[:, 1:] * mask).sum() / mask.sum())
+    trainer.log({"loss": 1.0})
+    logged = trainer.state.log_history[-1]
+    assert logged["ual_smoothing"] == pytest.approx(expected_mean, rel=1e-5)
+
+    # evaluation rows are smoothed with the training map
+    eval_batch = trainer.eval_data_collator([dict(r) for r in rows[8:10]])
+    assert torch.allclose(eval_batch[TOKEN_COLUMN][0, 0], torch.tensor(smap.apply_one(rows[8][SCORE_COLUMN])))
+
+
+def test_ppl_mode_loss_matches_reference(workspace, tmp_path, parts):
+    from ual_plugin.ppl import PPLSmoother
+
+    tok, rows = parts
+    plain = [{k: v for k, v in r.items() if k != SCORE_COLUMN} for r in rows]
+    trainer = make_trainer(workspace, tmp_path, plain, tok, ual_alpha=0.2, ual_mode="ppl")
+    assert trainer.ual_map is None and "mode=ppl" in trainer.ual_banner()
+    batch = trainer.data_collator([dict(r) for r in plain[:3]])
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    tgt = batch["labels"][:, 1:]
+    mask = tgt != -100
+    nll = smoothed_cross_entropy(logits[:, :-1], tgt, 0.0, reduction="none")
+    ppl = ((nll * mask).sum(1) / mask.sum(1)).exp()
+    per_row = PPLSmoother(0.2, 0.99)(ppl)
+    eps = torch.where(mask, per_row[:, None].expand_as(tgt), torch.zeros_like(nll))
+    total = smoothed_cross_entropy(logits[:, :-1], tgt, eps, reduction="sum")
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    assert loss.item() == pytest.approx(float(total) / int(mask.sum()), rel=1e-4)
+    trainer.log({"loss": 1.0})
+    assert trainer.state.log_history[-1]["ual_ppl_running_mean"] == pytest.approx(float(ppl.mean()), rel=1e-4)
+
+
+def test_lm_head_in_modules_to_save_is_trained(workspace, tmp_path, parts):
+    """`lora_modules_to_save: [lm_head]`: the loss reads (and trains) PEFT's trainable copy of lm_head."""
+    from peft import LoraConfig, get_peft_model
+
+    tok, rows = parts
+    trainer = make_trainer(workspace, tmp_path, rows, tok)
+    model = get_peft_model(trainer.model, LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    batch = trainer.data_collator([dict(r) for r in rows[:2]])
+    model.train()
+    trainer.compute_loss(model, dict(batch)).backward()
+    wrapper = model.base_model.model.lm_head
+    assert wrapper.modules_to_save["default"].weight.grad is not None
+    assert wrapper.original_module.weight.grad is None

@@ -1,0 +1,88 @@
+"""``UALPlugin``: the Axolotl ``BasePlugin`` behind ``plugins: [ual_plugin.axolotl.UALPlugin]``.
+
+Hooks used:
+- ``register``: installs the dataset patches (no-ops unless a config has ``ual: true`` in column
+  mode) and warns loudly when the plugin is listed but ``ual`` is not true;
+- ``get_input_args``: ``UALArgs`` joins Axolotl's config schema (options + refusals);
+- ``get_training_args_mixin`` / ``get_training_args``: the ``ual_*`` options on ``trainer.args``;
+- ``get_trainer_cls``: ``UALAxolotlTrainer`` when ``ual: true``;
+- ``get_collator_cls_and_kwargs``: declines (None), so Axolotl picks its usual collator for the
+  config (padded, V1 / V2 multipack, flattening) and the trainer wraps it;
+- ``post_trainer_create``: checks the trainer really is a UAL trainer (another plugin may have
+  supplied the trainer class first).
+"""
+
+from __future__ import annotations
+
+from axolotl.integrations.base import BasePlugin
+from axolotl.utils.logging import get_logger
+
+from ual_plugin.axolotl.options import UAL_OPTIONS
+
+LOG = get_logger("axolotl.integrations.ual")
+
+
+class UALPlugin(BasePlugin):
+    """Uncertainty-Aware Learning (per-sample label smoothing) for ``axolotl train``."""
+
+    def register(self, cfg):
+        from ual_plugin.axolotl.dataset import install_dataset_patches
+
+        install_dataset_patches()
+        ual = cfg.get("ual") if hasattr(cfg, "get") else None
+        if not ual:
+            present = [k for k in UAL_OPTIONS if hasattr(cfg, "get") and cfg.get(k) is not None and k != "ual"]
+            LOG.warning(
+                "ual_plugin.axolotl.UALPlugin is listed in `plugins:` but `ual` is %s: UAL is OFF and this run trains "
+                "plain SFT%s. Set `ual: true` to train with Uncertainty-Aware Learning.",
+                repr(ual) if ual is not None else "not set",
+                f" (ignoring {', '.join(present)})" if present else "",
+            )
+
+    def get_input_args(self):
+        return "ual_plugin.axolotl.args.UALArgs"
+
+    def get_training_args_mixin(self):
+        return "ual_plugin.axolotl.args.UALTrainingArgsMixin"
+
+    def get_training_args(self, cfg):
+        if not cfg.ual:
+            return None
+        return {
+            "ual": True,
+            "ual_alpha": float(cfg.ual_alpha),
+            "ual_v_max": float(cfg.ual_v_max),
+            "ual_mode": cfg.ual_mode or "column",
+            "ual_uncertainty_field": cfg.ual_uncertainty_field or "uncertainty",
+            # With this, num_items_in_batch counts the label tokens of every rank, so DDP gives the same
+            # gradient as one large batch (Axolotl turns it off by default; the UAL loss compensates).
+            "average_tokens_across_devices": True,
+        }
+
+    def get_trainer_cls(self, cfg):
+        if not cfg.ual:
+            return None
+        from ual_plugin.axolotl.trainer import UALAxolotlTrainer
+
+        return UALAxolotlTrainer
+
+    def get_collator_cls_and_kwargs(self, cfg, is_eval=False):
+        # Decline: returning a (None, None) tuple would be truthy and break Axolotl's builder.
+        return None
+
+    def post_trainer_create(self, cfg, trainer):
+        if not cfg.ual:
+            return
+        from ual_plugin.axolotl.trainer import UALAxolotlTrainer
+
+        if not isinstance(trainer, UALAxolotlTrainer):
+            raise ValueError(
+                f"ual: true, but the trainer is {type(trainer).__name__}: another plugin listed before "
+                "ual_plugin.axolotl.UALPlugin supplies the trainer class, so UAL would not be trained. Move "
+                "UALPlugin first in `plugins:` or remove the other plugin."
+            )
+        if cfg.chunked_cross_entropy:
+            LOG.warning("chunked_cross_entropy has no effect with ual: true (UAL computes its own chunked loss).")
+
+
+__all__ = ["UALPlugin"]

@@ -1,0 +1,242 @@
+"""``UALAxolotlTrainer``: Axolotl's trainer with the UAL loss.
+
+It mirrors ``ual_plugin.trl.UALSFTTrainer``'s loss and logging:
+- column mode fits the score -> smoothing map once, on the whole (merged, split) training set,
+  and applies the same map to the evaluation set; PPL mode needs no score;
+- the collators Axolotl built are wrapped (``UALCollator``) so ``ual_smoothing`` reaches the batch;
+- ``compute_loss`` runs the model with ``logits_to_keep=1``, takes the final hidden states and
+  computes UAL with ``linear_smoothed_cross_entropy`` (the full logits are never built), as
+  sum over label tokens / ``num_items_in_batch`` so gradient accumulation (and DDP, with
+  ``average_tokens_across_devices``) matches one large batch;
+- ``log`` adds ``ual_smoothing`` (mean smoothing over the label tokens of the logging window)
+  and, in PPL mode, ``ual_ppl_running_mean``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from axolotl.core.trainers.base import AxolotlTrainer
+from axolotl.utils.logging import get_logger
+
+from ual_plugin.axolotl.collator import UALCollator
+from ual_plugin.axolotl.dataset import SCORE_COLUMN
+from ual_plugin.causal_lm import causal_lm_ual_loss, forward_hidden_states, head_params, unwrap_model
+from ual_plugin.data import TOKEN_COLUMN, segment_ids
+from ual_plugin.loss import linear_smoothed_cross_entropy
+from ual_plugin.mapping import SmoothingMap, fit_smoothing_map
+from ual_plugin.ppl import PPLSmoother, ppl_token_smoothing
+
+LOG = get_logger("axolotl.integrations.ual")
+
+
+class UALAxolotlTrainer(AxolotlTrainer):
+    """``AxolotlTrainer`` whose loss is Uncertainty-Aware Learning (see the module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        targs = kwargs.get("args")
+        self._ual_on = bool(getattr(targs, "ual", False))
+        mode = getattr(targs, "ual_mode", "column") or "column"
+        self._ual_columns = self._ual_on and mode == "column"
+        self._ual_ppl = (
+            PPLSmoother(targs.ual_alpha, targs.ual_v_max) if self._ual_on and mode == "ppl" else None
+        )
+        self.ual_map: SmoothingMap | None = None
+        self._ual_window: dict[str, torch.Tensor] = {}  # mode -> [sum of smoothing, label tokens] since the last log
+        super().__init__(*args, **kwargs)
+        if not self._ual_on:
+            return
+        self._ual_refuse_sharded_head()
+        if self._ual_columns:
+            self.ual_map = self._ual_fit_map()
+            self.data_collator = UALCollator(self.data_collator, self.ual_map.apply_one)
+            self.train_data_collator = self.data_collator
+            if self.eval_data_collator is not None:
+                self.eval_data_collator = UALCollator(self.eval_data_collator, self.ual_map.apply_one)
+        # Our loss is already sum / num_items_in_batch: have Trainer count the items and not rescale for GA.
+        # (AxolotlTrainer.__init__ sets this to False for models whose forward has no num_items_in_batch.)
+        self.model_accepts_loss_kwargs = True
+        if hasattr(self, "loss_is_scaled_for_ga"):  # transformers >= 5.19 name of the same switch
+            self.loss_is_scaled_for_ga = None
+        LOG.info(self.ual_banner())
+
+    # ------------------------------------------------------------------ setup
+    def _ual_refuse_sharded_head(self) -> None:
+        if getattr(self, "is_fsdp_enabled", False):
+            raise ValueError(
+                "ual: true does not support FSDP: the UAL loss reads lm_head.weight outside the model's forward, "
+                "where FSDP keeps it sharded. Use DDP or DeepSpeed ZeRO-1/2, or set ual: false."
+            )
+        try:
+            from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+        except ImportError:  # pragma: no cover
+            return
+        if is_deepspeed_zero3_enabled():
+            raise ValueError(
+                "ual: true does not support DeepSpeed ZeRO-3: it partitions lm_head.weight, which the UAL loss reads "
+                "outside the model's forward. Use ZeRO-1/2 or DDP, or set ual: false."
+            )
+
+    def _ual_fit_map(self) -> SmoothingMap:
+        train = self.train_dataset
+        names = getattr(train, "column_names", None) or []
+        if SCORE_COLUMN not in names:
+            raise ValueError(
+                f"ual_mode: column, but the training set has no '{SCORE_COLUMN}' column: it was not prepared by the UAL "
+                "plugin (a prepared dataset made without it, or datasets loaded by another plugin). Delete the "
+                "prepared dataset under `dataset_prepared_path` and run again."
+            )
+        scores = np.asarray(train[SCORE_COLUMN], dtype=np.float64)
+        smap = fit_smoothing_map(scores, alpha=self.args.ual_alpha, v_max=self.args.ual_v_max)
+        values = smap(scores)
+        self._ual_fit_stats = {
+            "n": int(scores.size),
+            "clipped": int(np.count_nonzero(values >= smap.v_max * (1 - 1e-12))),
+            "min": float(values.min()),
+            "max": float(values.max()),
+        }
+        return smap
+
+    def _ual_setup_description(self) -> str:
+        """e.g. 'model=LlamaForCausalLM (lora, 4-bit), collator=V2BatchSamplerDataCollatorForSeq2Seq'."""
+        lm = unwrap_model(self.model)
+        notes = []
+        peft_config = getattr(self.model, "peft_config", None)
+        if isinstance(peft_config, dict) and peft_config:
+            notes.append(str(getattr(next(iter(peft_config.values())), "peft_type", "peft")).split(".")[-1].lower())
+        if getattr(lm, "is_loaded_in_4bit", False):
+            notes.append("4-bit")
+        elif getattr(lm, "is_loaded_in_8bit", False):
+            notes.append("8-bit")
+        inner = getattr(self.data_collator, "inner", self.data_collator)
+        model = type(lm).__name__ + (f" ({', '.join(notes)})" if notes else "")
+        return f"model={model}, collator={type(inner).__name__}"
+
+    def ual_banner(self) -> str:
+        a = self.args
+        setup = self._ual_setup_description()
+        if self._ual_ppl is not None:
+            return (
+                f"UAL active: mode=ppl, alpha={a.ual_alpha}, v_max={a.ual_v_max} (smoothing from each sample's "
+                f"perplexity); {setup}"
+            )
+        s = getattr(self, "_ual_fit_stats", {})
+        m = self.ual_map
+        return (
+            f"UAL active: mode=column, alpha={a.ual_alpha}, v_max={a.ual_v_max}, beta={m.beta:.6g}, "
+            f"field='{a.ual_uncertainty_field}', fitted on {s.get('n')} training samples "
+            f"(smoothing {s.get('min', 0.0):.4g}..{s.get('max', 0.0):.4g}, {s.get('clipped', 0)} clipped at v_max); "
+            f"{setup}"
+        )
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self._ual_columns and self._signature_columns is not None and SCORE_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, SCORE_COLUMN]
+
+    # ------------------------------------------------------------------ loss
+    def _ual_track_tokens(self, model, inputs) -> None:
+        """AxolotlTrainer.compute_loss's tokens-per-second bookkeeping (we do not call it)."""
+        if not (self.args.include_tkps and model.training):
+            return
+        from axolotl.utils.distributed import is_distributed
+
+        key = "labels" if "labels" in inputs else "input_ids"
+        trainable = (inputs[key] != -100).sum()
+        total = torch.tensor(inputs[key].numel(), device=inputs[key].device)
+        if is_distributed():
+            torch.distributed.all_reduce(trainable, op=torch.distributed.ReduceOp.SUM)
+            torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+        if not hasattr(self.state, "tokens"):
+            self.state.tokens = {"trainable": torch.zeros(1), "total": torch.zeros(1)}
+        self.state.tokens["trainable"] = self.state.tokens["trainable"] + trainable.detach().cpu()
+        self.state.tokens["total"] = self.state.tokens["total"] + total.cpu()
+
+    def _ual_model_quirks(self, model, inputs) -> None:
+        """The model-specific input fixes AxolotlTrainer.compute_loss applies (Gemma 3/4)."""
+        model_type = getattr(getattr(self.accelerator.unwrap_model(model), "config", None), "model_type", None)
+        if model_type in ("gemma4", "gemma4_unified") and "mm_token_type_ids" not in inputs and "input_ids" in inputs:
+            inputs["mm_token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        if (
+            self.args.sample_packing
+            and model_type in ("gemma4", "gemma3", "gemma4_unified")
+            and "attention_mask" in inputs
+            and "position_ids" in inputs
+        ):
+            del inputs["attention_mask"]
+
+    def _ppl_token_smoothing(self, model, hidden: torch.Tensor, labels: torch.Tensor, inputs) -> torch.Tensor:
+        """Per-token smoothing from each sample's perplexity (no gradient), laid out like ``labels``."""
+        head = head_params(model)
+        tgt = labels[:, 1:].to(head.weight.device)
+        with torch.no_grad():
+            nll = linear_smoothed_cross_entropy(
+                hidden[:, :-1].detach().to(head.weight.device),
+                head.weight.detach(),
+                tgt,
+                0.0,
+                bias=None if head.bias is None else head.bias.detach(),
+                reduction="none",
+                softcap=head.softcap,
+                logit_scale=head.logit_scale,
+            )
+            segs = segment_ids(inputs.get("position_ids"), labels.shape, tgt.device)[:, 1:]
+            eps = ppl_token_smoothing(self._ual_ppl, nll, segs, tgt != -100)
+        return F.pad(eps, (1, 0))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self._ual_on:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self._ual_track_tokens(model, inputs)
+        self._ual_model_quirks(model, inputs)
+        mode = "train" if model.training else "eval"
+        labels = inputs["labels"]
+        token_eps = inputs.get(TOKEN_COLUMN)
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", TOKEN_COLUMN)}
+        hidden, outputs = forward_hidden_states(model, model_inputs)
+        if self._ual_ppl is not None:
+            token_eps = self._ppl_token_smoothing(model, hidden, labels, inputs)
+        elif token_eps is None:
+            raise ValueError(
+                f"UAL column mode: the batch has no '{TOKEN_COLUMN}' tensor (was the data collator replaced after the "
+                "trainer was built?)"
+            )
+        out = causal_lm_ual_loss(model, hidden, labels, token_eps, num_items_in_batch)
+        loss = out.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every rank's tokens, and DDP averages gradients across ranks
+            loss = loss * self.accelerator.num_processes
+        # this rank's [sum of smoothing, label tokens], kept on the device (no host sync per step);
+        # summed over ranks when logged
+        stats = torch.stack([out.smoothing_sum.double(), out.n_tokens.double()])
+        window = self._ual_window.get(mode)
+        self._ual_window[mode] = stats if window is None else window + stats.to(window.device)
+        if return_outputs and (self.compute_metrics is not None or self.preprocess_logits_for_metrics is not None):
+            with torch.no_grad():
+                outputs = model(**model_inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._ual_on:
+            if "loss" in logs:
+                mode, prefix = "train", ""
+            elif any(k.startswith("eval_") for k in logs):
+                mode, prefix = "eval", "eval_"
+            else:
+                mode = prefix = None
+            if mode is not None:
+                window = self._ual_window.pop(mode, None)
+                if window is None:
+                    window = torch.zeros(2, dtype=torch.float64)
+                if self.accelerator.num_processes > 1:  # every rank logs here (Trainer gathers its loss here too)
+                    window = self.accelerator.reduce(window.to(self.accelerator.device), "sum")
+                total, count = (float(x) for x in window)
+                if count > 0:
+                    logs[f"{prefix}ual_smoothing"] = total / count
+                if self._ual_ppl is not None and self._ual_ppl.count:
+                    logs[f"{prefix}ual_ppl_running_mean"] = self._ual_ppl.running_mean
+        super().log(logs, start_time)
+
+
+__all__ = ["UALAxolotlTrainer"]
