@@ -9,7 +9,7 @@ chunk. Shared by the TRL and Axolotl trainers.
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,24 +114,12 @@ def forward_hidden_states(model: torch.nn.Module, inputs: dict[str, Any]) -> tup
     return box["hidden"], outputs
 
 
-def _gather_ctx(*params: torch.Tensor | None):
-    """Gather ZeRO-3-partitioned head parameters for direct use (a no-op otherwise)."""
-    try:
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-    except Exception:  # pragma: no cover - transformers always has it in supported versions
-        return nullcontext()
-    if not is_deepspeed_zero3_enabled():
-        return nullcontext()
-    import deepspeed  # type: ignore[import-not-found]
-
-    return deepspeed.zero.GatheredParameters([p for p in params if p is not None])
-
-
 @dataclass
 class UALLossOutput:
     loss: torch.Tensor
     smoothing_sum: torch.Tensor  # sum of smoothing over label tokens (for logging)
     n_tokens: torch.Tensor  # label tokens in this micro-batch
+    n_correct: torch.Tensor  # label tokens that are the model's top-1 prediction
 
 
 def shifted(labels: torch.Tensor, *per_token: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -156,18 +144,19 @@ def causal_lm_ual_loss(
     h = hidden[:, :-1, :].to(head.weight.device)
     tgt = tgt.to(head.weight.device)
     eps = eps.to(device=head.weight.device, dtype=torch.float32)
-    with _gather_ctx(head.weight, head.bias):
-        total = linear_smoothed_cross_entropy(
-            h,
-            head.weight,
-            tgt,
-            eps,
-            bias=head.bias,
-            ignore_index=ignore_index,
-            reduction="sum",
-            softcap=head.softcap,
-            logit_scale=head.logit_scale,
-        )
+    stats: dict = {}
+    total = linear_smoothed_cross_entropy(
+        h,
+        head.weight,
+        tgt,
+        eps,
+        bias=head.bias,
+        ignore_index=ignore_index,
+        reduction="sum",
+        softcap=head.softcap,
+        logit_scale=head.logit_scale,
+        stats=stats,
+    )
     mask = tgt != ignore_index
     n_tokens = mask.sum()
     denom = num_items_in_batch if num_items_in_batch is not None else n_tokens.clamp(min=1)
@@ -177,4 +166,51 @@ def causal_lm_ual_loss(
         loss=total / denom,
         smoothing_sum=(eps * mask).sum().detach(),
         n_tokens=n_tokens.detach(),
+        n_correct=torch.as_tensor(stats.get("n_correct", 0), device=total.device),
     )
+
+
+class SmoothingWindow:
+    """Per-mode running sums (smoothing, label tokens, top-1 hits) between two log calls.
+
+    Kept on the device, so a training step adds no host sync; summed over processes only when
+    read, from ``Trainer.log``, which every rank calls.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+
+    def add(self, mode: str, out: UALLossOutput) -> None:
+        stats = torch.stack([out.smoothing_sum.double(), out.n_tokens.double(), out.n_correct.double()])
+        current = self._sums.get(mode)
+        self._sums[mode] = stats if current is None else current + stats.to(current.device)
+
+    def pop(self, mode: str, accelerator: Any = None) -> dict[str, float]:
+        """{'ual_smoothing': ..., 'mean_token_accuracy': ...} over the window (empty if no tokens)."""
+        sums = self._sums.pop(mode, None)
+        if sums is None:
+            sums = torch.zeros(3, dtype=torch.float64)
+        if accelerator is not None and accelerator.num_processes > 1:
+            sums = accelerator.reduce(sums.to(accelerator.device), "sum")
+        total, count, correct = (float(x) for x in sums)
+        if count <= 0:
+            return {}
+        return {"ual_smoothing": total / count, "mean_token_accuracy": correct / count}
+
+
+def refuse_sharded_head(is_fsdp_enabled: bool) -> None:
+    """UAL reads lm_head.weight outside the model's forward: stop clearly where it stays sharded."""
+    if is_fsdp_enabled:
+        raise ValueError(
+            "ual does not support FSDP: the UAL loss reads lm_head.weight outside the model's forward, where FSDP "
+            "keeps it sharded. Use DDP or DeepSpeed ZeRO-1/2, or turn ual off."
+        )
+    try:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    except ImportError:  # pragma: no cover
+        return
+    if is_deepspeed_zero3_enabled():
+        raise ValueError(
+            "ual does not support DeepSpeed ZeRO-3: it partitions lm_head.weight, which the UAL loss reads outside "
+            "the model's forward. Use ZeRO-1/2 or DDP, or turn ual off."
+        )

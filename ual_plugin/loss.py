@@ -116,6 +116,7 @@ def _chunk_pass(
     softcap: float | None,
     logit_scale: float,
     chunk_size: int,
+    top1: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None]:
     """Per-token losses of the valid rows ``h`` and, when ``row_weight`` is given, the gradients of
     sum(row_weight * loss) with respect to h, weight and bias (weight/bias grads in float32)."""
@@ -155,6 +156,8 @@ def _chunk_pass(
         z_y = z.gather(1, tc.unsqueeze(1)).squeeze(1)
         z_mean = z.mean(dim=-1)
         z_max = z.amax(dim=-1, keepdim=True)
+        if top1 is not None:
+            top1[start:stop] = z_y >= z_max.squeeze(1)
         z.sub_(z_max).exp_()  # z now holds exp(z - max): unnormalised probabilities
         sum_exp = z.sum(dim=-1)
         lse = z_max.squeeze(1) + sum_exp.log()
@@ -187,7 +190,9 @@ def _chunk_pass(
 
 class _LinearSmoothedCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, eps, ignore_index, reduction, softcap, logit_scale, chunk_size):
+    def forward(
+        ctx, hidden, weight, bias, targets, eps, ignore_index, reduction, softcap, logit_scale, chunk_size, stats
+    ):
         shape = targets.shape
         h_all = hidden.reshape(-1, hidden.shape[-1])
         t_all = targets.reshape(-1)
@@ -206,7 +211,11 @@ class _LinearSmoothedCE(torch.autograd.Function):
         if needs_grad and reduction != "none":
             scale = 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
             row_weight = torch.full((n_valid,), scale, dtype=torch.float32, device=h.device)
-        losses, grads = _chunk_pass(h, weight, bias, t, e, row_weight, softcap, logit_scale, chunk)
+        top1 = torch.empty(n_valid, dtype=torch.bool, device=h.device) if stats is not None else None
+        losses, grads = _chunk_pass(h, weight, bias, t, e, row_weight, softcap, logit_scale, chunk, top1)
+        if stats is not None:
+            stats["n_tokens"] = n_valid
+            stats["n_correct"] = top1.sum()
 
         ctx.reduction = reduction
         ctx.hidden_meta = (h_all.shape, hidden.shape, hidden.dtype)
@@ -237,7 +246,7 @@ class _LinearSmoothedCE(torch.autograd.Function):
             grads = ctx.grads
             ctx.grads = None
             if grads is None:
-                return (None,) * 10
+                return (None,) * 11
             (idx,) = ctx.saved_tensors
             g_h, g_w, g_b = grads
             # Scale the gradients computed in the forward pass in place (no second copy of grad_weight);
@@ -253,7 +262,7 @@ class _LinearSmoothedCE(torch.autograd.Function):
             grad_hidden.reshape(hidden_shape),
             g_w.to(w_dtype),
             None if g_b is None else g_b.to(b_dtype),
-            None, None, None, None, None, None, None,
+            None, None, None, None, None, None, None, None,
         )
 
 
@@ -268,6 +277,7 @@ def linear_smoothed_cross_entropy(
     softcap: float | None = None,
     logit_scale: float = 1.0,
     chunk_size: int | None = None,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """``smoothed_cross_entropy(hidden @ weight.T + bias, ...)`` without materialising [N, V] logits.
 
@@ -275,7 +285,8 @@ def linear_smoothed_cross_entropy(
     ``targets``. ``logit_scale`` multiplies the logits and ``softcap`` applies
     ``softcap * tanh(z / softcap)`` after it (Gemma-2 style), as the model's own head would.
     Logits and softmax are computed in float32 per chunk; weight/bias gradients accumulate in
-    float32 and are returned in the parameters' dtype.
+    float32 and are returned in the parameters' dtype. Pass a dict as ``stats`` to receive
+    ``n_tokens`` (non-ignored targets) and ``n_correct`` (targets that are the top-1 logit).
     """
     _check_reduction(reduction)
     if hidden.shape[:-1] != targets.shape:
@@ -286,5 +297,5 @@ def linear_smoothed_cross_entropy(
         raise ValueError(f"softcap must be a positive number or None; got {softcap!r}")
     eps = _smoothing_vector(smoothing, targets)
     return _LinearSmoothedCE.apply(
-        hidden, weight, bias, targets, eps, ignore_index, reduction, softcap, float(logit_scale), chunk_size
+        hidden, weight, bias, targets, eps, ignore_index, reduction, softcap, float(logit_scale), chunk_size, stats
     )

@@ -75,6 +75,34 @@ def ppl_token_smoothing(
     return torch.where(mask, values, torch.zeros_like(values))
 
 
+def ppl_smoothing_from_hidden(
+    smoother: PPLSmoother,
+    model: torch.nn.Module,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-token smoothing (laid out like ``labels``) from each sample's perplexity, no gradient.
+
+    Samples are the rows of a padded batch, or the packed sequences that ``position_ids`` delimit.
+    """
+    from ual_plugin.causal_lm import head_params
+    from ual_plugin.data import segment_ids
+    from ual_plugin.loss import linear_smoothed_cross_entropy
+
+    head = head_params(model)
+    tgt = labels[:, 1:].to(head.weight.device)
+    with torch.no_grad():
+        nll = linear_smoothed_cross_entropy(
+            hidden[:, :-1].detach().to(head.weight.device), head.weight.detach(), tgt, 0.0,
+            bias=None if head.bias is None else head.bias.detach(),
+            reduction="none", softcap=head.softcap, logit_scale=head.logit_scale,
+        )
+        segments = segment_ids(position_ids, labels.shape, tgt.device)[:, 1:]
+        eps = ppl_token_smoothing(smoother, nll, segments, tgt != -100)
+    return torch.nn.functional.pad(eps, (1, 0))
+
+
 class UALLoss:
     """PPL-mode UAL loss for ``compute_loss_func=`` on a stock ``Trainer`` or ``SFTTrainer``.
 
@@ -117,4 +145,4 @@ class UALLoss:
 ual_loss = UALLoss()
 """Ready-made PPL-mode loss (alpha=0.1, v_max=0.99): ``SFTTrainer(..., compute_loss_func=ual_loss)``."""
 
-__all__ = ["PPLSmoother", "UALLoss", "per_sample_ppl", "ppl_token_smoothing", "ual_loss"]
+__all__ = ["PPLSmoother", "UALLoss", "per_sample_ppl", "ppl_smoothing_from_hidden", "ppl_token_smoothing", "ual_loss"]

@@ -232,6 +232,7 @@ def test_trains_and_logs_ual_smoothing_with_eval_sets(tiny_model_dir, tmp_path):
     assert any("eval_with_ual_smoothing" in h and h["eval_with_ual_smoothing"] > 0 for h in logs)
     assert any(h.get("eval_without_ual_smoothing") == 0.0 for h in logs)
     assert all(np.isfinite(h["loss"]) for h in logs if "loss" in h)
+    assert all(0.0 <= h["mean_token_accuracy"] <= 1.0 and h["num_tokens"] > 0 for h in logs if "loss" in h)
 
 
 def test_ppl_mode_needs_no_column_and_logs(tiny_model_dir, tmp_path):

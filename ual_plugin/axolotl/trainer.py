@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from axolotl.core.trainers.base import AxolotlTrainer
 from axolotl.utils.logging import get_logger
 
 from ual_plugin.axolotl.collator import UALCollator
 from ual_plugin.axolotl.dataset import SCORE_COLUMN
-from ual_plugin.causal_lm import causal_lm_ual_loss, forward_hidden_states, head_params, unwrap_model
-from ual_plugin.data import TOKEN_COLUMN, segment_ids
-from ual_plugin.loss import linear_smoothed_cross_entropy
+from ual_plugin.causal_lm import (
+    SmoothingWindow,
+    causal_lm_ual_loss,
+    forward_hidden_states,
+    refuse_sharded_head,
+    unwrap_model,
+)
+from ual_plugin.data import TOKEN_COLUMN
 from ual_plugin.mapping import SmoothingMap, fit_smoothing_map
-from ual_plugin.ppl import PPLSmoother, ppl_token_smoothing
+from ual_plugin.ppl import PPLSmoother, ppl_smoothing_from_hidden
 
 LOG = get_logger("axolotl.integrations.ual")
 
@@ -43,11 +47,11 @@ class UALAxolotlTrainer(AxolotlTrainer):
             PPLSmoother(targs.ual_alpha, targs.ual_v_max) if self._ual_on and mode == "ppl" else None
         )
         self.ual_map: SmoothingMap | None = None
-        self._ual_window: dict[str, torch.Tensor] = {}  # mode -> [sum of smoothing, label tokens] since the last log
+        self._ual_window = SmoothingWindow()
         super().__init__(*args, **kwargs)
         if not self._ual_on:
             return
-        self._ual_refuse_sharded_head()
+        refuse_sharded_head(getattr(self, "is_fsdp_enabled", False))
         if self._ual_columns:
             self.ual_map = self._ual_fit_map()
             self.data_collator = UALCollator(self.data_collator, self.ual_map.apply_one)
@@ -62,22 +66,6 @@ class UALAxolotlTrainer(AxolotlTrainer):
         LOG.info(self.ual_banner())
 
     # ------------------------------------------------------------------ setup
-    def _ual_refuse_sharded_head(self) -> None:
-        if getattr(self, "is_fsdp_enabled", False):
-            raise ValueError(
-                "ual: true does not support FSDP: the UAL loss reads lm_head.weight outside the model's forward, "
-                "where FSDP keeps it sharded. Use DDP or DeepSpeed ZeRO-1/2, or set ual: false."
-            )
-        try:
-            from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-        except ImportError:  # pragma: no cover
-            return
-        if is_deepspeed_zero3_enabled():
-            raise ValueError(
-                "ual: true does not support DeepSpeed ZeRO-3: it partitions lm_head.weight, which the UAL loss reads "
-                "outside the model's forward. Use ZeRO-1/2 or DDP, or set ual: false."
-            )
-
     def _ual_fit_map(self) -> SmoothingMap:
         train = self.train_dataset
         names = getattr(train, "column_names", None) or []
@@ -166,25 +154,6 @@ class UALAxolotlTrainer(AxolotlTrainer):
         ):
             del inputs["attention_mask"]
 
-    def _ppl_token_smoothing(self, model, hidden: torch.Tensor, labels: torch.Tensor, inputs) -> torch.Tensor:
-        """Per-token smoothing from each sample's perplexity (no gradient), laid out like ``labels``."""
-        head = head_params(model)
-        tgt = labels[:, 1:].to(head.weight.device)
-        with torch.no_grad():
-            nll = linear_smoothed_cross_entropy(
-                hidden[:, :-1].detach().to(head.weight.device),
-                head.weight.detach(),
-                tgt,
-                0.0,
-                bias=None if head.bias is None else head.bias.detach(),
-                reduction="none",
-                softcap=head.softcap,
-                logit_scale=head.logit_scale,
-            )
-            segs = segment_ids(inputs.get("position_ids"), labels.shape, tgt.device)[:, 1:]
-            eps = ppl_token_smoothing(self._ual_ppl, nll, segs, tgt != -100)
-        return F.pad(eps, (1, 0))
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self._ual_on:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -196,7 +165,7 @@ class UALAxolotlTrainer(AxolotlTrainer):
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", TOKEN_COLUMN)}
         hidden, outputs = forward_hidden_states(model, model_inputs)
         if self._ual_ppl is not None:
-            token_eps = self._ppl_token_smoothing(model, hidden, labels, inputs)
+            token_eps = ppl_smoothing_from_hidden(self._ual_ppl, model, hidden, labels, inputs.get("position_ids"))
         elif token_eps is None:
             raise ValueError(
                 f"UAL column mode: the batch has no '{TOKEN_COLUMN}' tensor (was the data collator replaced after the "
@@ -207,11 +176,7 @@ class UALAxolotlTrainer(AxolotlTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts every rank's tokens, and DDP averages gradients across ranks
             loss = loss * self.accelerator.num_processes
-        # this rank's [sum of smoothing, label tokens], kept on the device (no host sync per step);
-        # summed over ranks when logged
-        stats = torch.stack([out.smoothing_sum.double(), out.n_tokens.double()])
-        window = self._ual_window.get(mode)
-        self._ual_window[mode] = stats if window is None else window + stats.to(window.device)
+        self._ual_window.add(mode, out)
         if return_outputs and (self.compute_metrics is not None or self.preprocess_logits_for_metrics is not None):
             with torch.no_grad():
                 outputs = model(**model_inputs)
@@ -226,14 +191,9 @@ class UALAxolotlTrainer(AxolotlTrainer):
             else:
                 mode = prefix = None
             if mode is not None:
-                window = self._ual_window.pop(mode, None)
-                if window is None:
-                    window = torch.zeros(2, dtype=torch.float64)
-                if self.accelerator.num_processes > 1:  # every rank logs here (Trainer gathers its loss here too)
-                    window = self.accelerator.reduce(window.to(self.accelerator.device), "sum")
-                total, count = (float(x) for x in window)
-                if count > 0:
-                    logs[f"{prefix}ual_smoothing"] = total / count
+                # every rank calls log (Trainer gathers its loss here too), so the window is summed over ranks
+                for key, value in self._ual_window.pop(mode, self.accelerator).items():
+                    logs[f"{prefix}{key}"] = value
                 if self._ual_ppl is not None and self._ual_ppl.count:
                     logs[f"{prefix}ual_ppl_running_mean"] = self._ual_ppl.running_mean
         super().log(logs, start_time)

@@ -11,16 +11,19 @@ It overrides three things and leaves the rest to TRL:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from datasets import Dataset, IterableDataset
 from trl import SFTTrainer
 from trl.data_utils import pack_dataset
 
-from ual_plugin.causal_lm import causal_lm_ual_loss, forward_hidden_states, head_params
-from ual_plugin.data import TOKEN_COLUMN, add_token_column, read_uncertainty, segment_ids
-from ual_plugin.loss import linear_smoothed_cross_entropy
+from ual_plugin.causal_lm import (
+    SmoothingWindow,
+    causal_lm_ual_loss,
+    forward_hidden_states,
+    refuse_sharded_head,
+)
+from ual_plugin.data import TOKEN_COLUMN, add_token_column, read_uncertainty
 from ual_plugin.mapping import SmoothingMap, fit_smoothing_map
-from ual_plugin.ppl import PPLSmoother, ppl_token_smoothing
+from ual_plugin.ppl import PPLSmoother, ppl_smoothing_from_hidden
 from ual_plugin.trl.collator import UALCollator
 from ual_plugin.trl.config import UALSFTConfig
 
@@ -48,11 +51,12 @@ class UALSFTTrainer(SFTTrainer):
                 "ual=True computes the loss itself; do not pass compute_loss_func (or set ual=False)."
             )
         self.ual_map: SmoothingMap | None = None
-        self._ual_window = {"train": [0.0, 0.0], "eval": [0.0, 0.0]}  # [sum of smoothing, label tokens]
+        self._ual_window = SmoothingWindow()
         self._ual_ppl = PPLSmoother(args.ual_alpha, args.ual_v_max) if args.ual and args.ual_mode == "ppl" else None
         self._ual_columns = args.ual and args.ual_mode == "column"
         super().__init__(model, args, *pargs, **kwargs)
         if args.ual:
+            refuse_sharded_head(getattr(self, "is_fsdp_enabled", False))
             if self._ual_columns:
                 self.data_collator = UALCollator(self.data_collator, padding_free=self.padding_free)
             # Our loss is already sum / num_items_in_batch: have Trainer count the items and not rescale for GA.
@@ -133,20 +137,6 @@ class UALSFTTrainer(SFTTrainer):
         return dataset.filter(lambda ex: any(label != -100 for label in ex["labels"]), **map_kwargs)
 
     # ------------------------------------------------------------------ loss
-    def _ppl_token_smoothing(self, model, hidden: torch.Tensor, labels: torch.Tensor, inputs) -> torch.Tensor:
-        """Per-token smoothing from each sample's perplexity (no gradient), laid out like ``labels``."""
-        head = head_params(model)
-        tgt = labels[:, 1:]
-        with torch.no_grad():
-            nll = linear_smoothed_cross_entropy(
-                hidden[:, :-1].detach(), head.weight.detach(), tgt, 0.0,
-                bias=None if head.bias is None else head.bias.detach(),
-                reduction="none", softcap=head.softcap, logit_scale=head.logit_scale,
-            )
-            segs = segment_ids(inputs.get("position_ids"), labels.shape, labels.device)[:, 1:]
-            eps = ppl_token_smoothing(self._ual_ppl, nll, segs, tgt != -100)
-        return F.pad(eps, (1, 0))
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.args.ual:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -156,7 +146,7 @@ class UALSFTTrainer(SFTTrainer):
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", TOKEN_COLUMN)}
         hidden, outputs = forward_hidden_states(model, model_inputs)
         if self._ual_ppl is not None:
-            token_eps = self._ppl_token_smoothing(model, hidden, labels, inputs)
+            token_eps = ppl_smoothing_from_hidden(self._ual_ppl, model, hidden, labels, inputs.get("position_ids"))
         elif token_eps is None:
             raise ValueError(f"UAL column mode: the batch has no '{TOKEN_COLUMN}' tensor (was the collator replaced?)")
         out = causal_lm_ual_loss(model, hidden, labels, token_eps, num_items_in_batch)
@@ -164,10 +154,10 @@ class UALSFTTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks
             loss = loss * self.accelerator.num_processes
-        stats = self.accelerator.reduce(torch.stack([out.smoothing_sum.float(), out.n_tokens.float()]), "sum")
-        window = self._ual_window[mode]
-        window[0] += float(stats[0])
-        window[1] += float(stats[1])
+        self._ual_window.add(mode, out)
+        if mode == "train":  # TRL's own `num_tokens` metric (its compute_loss, which we replace, keeps it)
+            self._total_train_tokens += self._tokens_in_batch(inputs)
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         if return_outputs and (self.compute_metrics is not None or self.preprocess_logits_for_metrics is not None):
             with torch.no_grad():
                 outputs = model(**model_inputs)
@@ -177,14 +167,19 @@ class UALSFTTrainer(SFTTrainer):
         self._ual_eval_prefix = metric_key_prefix  # "eval_<name>" for each set of a dict of eval sets
         return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
+    def _tokens_in_batch(self, inputs) -> int:
+        if "attention_mask" in inputs:
+            local = inputs["attention_mask"].sum()
+        else:
+            local = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+        return int(self.accelerator.gather_for_metrics(local).sum())
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.args.ual:
             mode = "train" if self.model.training else "eval"
             prefix = f"{getattr(self, '_ual_eval_prefix', 'eval')}_" if mode == "eval" else ""
-            total, count = self._ual_window[mode]
-            if count > 0:
-                logs[f"{prefix}ual_smoothing"] = total / count
+            for key, value in self._ual_window.pop(mode, self.accelerator).items():
+                logs[f"{prefix}{key}"] = value
             if self._ual_ppl is not None and self._ual_ppl.count:
                 logs[f"{prefix}ual_ppl_running_mean"] = self._ual_ppl.running_mean
-            self._ual_window[mode] = [0.0, 0.0]
         super().log(logs, *args, **kwargs)
