@@ -313,3 +313,16 @@ def test_two_processes_match_one_big_batch(tiny_model_dir, tmp_path):
     a, b = torch.load(one), torch.load(two)
     assert a.norm() > 0
     assert rel_err(b, a) < 1e-5
+
+
+def test_plain_text_dataset(tiny_model_dir, tmp_path):
+    rows = [{"text": f"Sample {i}: a plain line of text number {i}.", "uncertainty": float(2 + 3 * i)} for i in range(6)]
+    tr = trainer(tiny_model_dir, Dataset.from_list(rows), tmp_path, per_device_train_batch_size=6)
+    expected = smoothing_from_uncertainty([r["uncertainty"] for r in rows], alpha=0.1)
+    batch = all_batches(tr)[0]
+    tok = tr.processing_class
+    for r in range(batch["input_ids"].shape[0]):
+        i = int(tok.decode(batch["input_ids"][r]).split("Sample ")[1].split(":")[0])
+        lab = batch["labels"][r] != -100
+        assert int(lab.sum()) > 5  # language modelling: every real token is a label
+        assert torch.allclose(batch[TOKEN_COLUMN][r][lab], torch.tensor(float(expected[i])))
