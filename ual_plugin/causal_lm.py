@@ -170,6 +170,39 @@ def causal_lm_ual_loss(
     )
 
 
+def ual_batch_loss(
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ppl_smoother: Any = None,
+    loss_scale: float = 1.0,
+) -> tuple[UALLossOutput, Any, dict[str, Any]]:
+    """A trainer's UAL loss for one collated batch: (loss output, model outputs, model inputs).
+
+    Column mode reads the batch's per-token ``ual_smoothing``; with a ``PPLSmoother`` the smoothing
+    comes from each sample's perplexity instead. ``loss_scale`` multiplies the loss (the number of
+    processes, when ``num_items_in_batch`` counts every rank's tokens and DDP averages gradients).
+    """
+    from ual_plugin.data import TOKEN_COLUMN
+    from ual_plugin.ppl import ppl_smoothing_from_hidden
+
+    labels = inputs["labels"]
+    token_eps = inputs.get(TOKEN_COLUMN)
+    model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", TOKEN_COLUMN)}
+    hidden, outputs = forward_hidden_states(model, model_inputs)
+    if ppl_smoother is not None:
+        token_eps = ppl_smoothing_from_hidden(ppl_smoother, model, hidden, labels, inputs.get("position_ids"))
+    elif token_eps is None:
+        raise ValueError(
+            f"UAL column mode: the batch has no '{TOKEN_COLUMN}' tensor (was the data collator replaced after the "
+            "trainer was built?)"
+        )
+    out = causal_lm_ual_loss(model, hidden, labels, token_eps, num_items_in_batch)
+    if loss_scale != 1.0:
+        out.loss = out.loss * loss_scale
+    return out, outputs, model_inputs
+
+
 class SmoothingWindow:
     """Per-mode running sums (smoothing, label tokens, top-1 hits) between two log calls.
 

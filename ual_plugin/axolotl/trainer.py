@@ -23,14 +23,12 @@ from ual_plugin.axolotl.collator import UALCollator
 from ual_plugin.axolotl.dataset import SCORE_COLUMN
 from ual_plugin.causal_lm import (
     SmoothingWindow,
-    causal_lm_ual_loss,
-    forward_hidden_states,
     refuse_sharded_head,
+    ual_batch_loss,
     unwrap_model,
 )
-from ual_plugin.data import TOKEN_COLUMN
 from ual_plugin.mapping import SmoothingMap, fit_smoothing_map
-from ual_plugin.ppl import PPLSmoother, ppl_smoothing_from_hidden
+from ual_plugin.ppl import PPLSmoother
 
 LOG = get_logger("axolotl.integrations.ual")
 
@@ -160,22 +158,11 @@ class UALAxolotlTrainer(AxolotlTrainer):
         self._ual_track_tokens(model, inputs)
         self._ual_model_quirks(model, inputs)
         mode = "train" if model.training else "eval"
-        labels = inputs["labels"]
-        token_eps = inputs.get(TOKEN_COLUMN)
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", TOKEN_COLUMN)}
-        hidden, outputs = forward_hidden_states(model, model_inputs)
-        if self._ual_ppl is not None:
-            token_eps = ppl_smoothing_from_hidden(self._ual_ppl, model, hidden, labels, inputs.get("position_ids"))
-        elif token_eps is None:
-            raise ValueError(
-                f"UAL column mode: the batch has no '{TOKEN_COLUMN}' tensor (was the data collator replaced after the "
-                "trainer was built?)"
-            )
-        out = causal_lm_ual_loss(model, hidden, labels, token_eps, num_items_in_batch)
+        # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks
+        scale = self.accelerator.num_processes if (
+            self.args.average_tokens_across_devices and num_items_in_batch is not None) else 1.0
+        out, outputs, model_inputs = ual_batch_loss(model, inputs, num_items_in_batch, self._ual_ppl, scale)
         loss = out.loss
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            # num_items_in_batch counts every rank's tokens, and DDP averages gradients across ranks
-            loss = loss * self.accelerator.num_processes
         self._ual_window.add(mode, out)
         if return_outputs and (self.compute_metrics is not None or self.preprocess_logits_for_metrics is not None):
             with torch.no_grad():

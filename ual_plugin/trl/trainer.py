@@ -17,13 +17,12 @@ from trl.data_utils import pack_dataset
 
 from ual_plugin.causal_lm import (
     SmoothingWindow,
-    causal_lm_ual_loss,
-    forward_hidden_states,
     refuse_sharded_head,
+    ual_batch_loss,
 )
 from ual_plugin.data import TOKEN_COLUMN, add_token_column, read_uncertainty
 from ual_plugin.mapping import SmoothingMap, fit_smoothing_map
-from ual_plugin.ppl import PPLSmoother, ppl_smoothing_from_hidden
+from ual_plugin.ppl import PPLSmoother
 from ual_plugin.trl.collator import UALCollator
 from ual_plugin.trl.config import UALSFTConfig
 
@@ -141,19 +140,11 @@ class UALSFTTrainer(SFTTrainer):
         if not self.args.ual:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
-        labels = inputs["labels"]
-        token_eps = inputs.get(TOKEN_COLUMN)
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", TOKEN_COLUMN)}
-        hidden, outputs = forward_hidden_states(model, model_inputs)
-        if self._ual_ppl is not None:
-            token_eps = ppl_smoothing_from_hidden(self._ual_ppl, model, hidden, labels, inputs.get("position_ids"))
-        elif token_eps is None:
-            raise ValueError(f"UAL column mode: the batch has no '{TOKEN_COLUMN}' tensor (was the collator replaced?)")
-        out = causal_lm_ual_loss(model, hidden, labels, token_eps, num_items_in_batch)
+        # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks
+        scale = self.accelerator.num_processes if (
+            self.args.average_tokens_across_devices and num_items_in_batch is not None) else 1.0
+        out, outputs, model_inputs = ual_batch_loss(model, inputs, num_items_in_batch, self._ual_ppl, scale)
         loss = out.loss
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks
-            loss = loss * self.accelerator.num_processes
         self._ual_window.add(mode, out)
         if mode == "train":  # TRL's own `num_tokens` metric (its compute_loss, which we replace, keeps it)
             self._total_train_tokens += self._tokens_in_batch(inputs)
