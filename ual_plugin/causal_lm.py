@@ -170,18 +170,76 @@ def causal_lm_ual_loss(
     )
 
 
+def has_trl_fused_head(model: torch.nn.Module) -> bool:
+    """Whether TRL (>= 1.16) patched this model's forward with its fused, chunked log-prob head."""
+    forward = getattr(unwrap_model(model).forward, "__func__", None)
+    return forward is not None and "fused_lm_head" in forward.__code__.co_varnames
+
+
+def _trl_fused_loss(
+    model: torch.nn.Module,
+    model_inputs: dict[str, Any],
+    labels: torch.Tensor,
+    token_eps: torch.Tensor | None,
+    num_items_in_batch: torch.Tensor | int | None,
+    ppl_smoother: Any,
+) -> tuple[UALLossOutput, Any]:
+    """UAL riding on TRL's fused log-prob head: loss_t = -log p(y_t) + e_t * (z_y - mean_k z_k).
+
+    The correction is linear in the logits, so with z = s * (h W^T + b) it is
+    s * (h . (W[y] - mean_v W) + b[y] - mean(b)): O(tokens x hidden) on top of TRL's own kernel,
+    exact whenever the head has no soft-capping (the caller checks).
+    """
+    from ual_plugin.data import segment_ids
+    from ual_plugin.ppl import ppl_token_smoothing
+
+    lm = unwrap_model(model)
+    head = head_params(model)
+    with _capture_hidden(_backbone(lm)) as box:
+        outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
+    hidden = box["hidden"][:, :-1].to(head.weight.device)
+    tgt = labels[:, 1:].to(head.weight.device)
+    mask = tgt != -100
+    if ppl_smoother is not None:
+        segments = segment_ids(model_inputs.get("position_ids"), labels.shape, tgt.device)[:, 1:]
+        eps = ppl_token_smoothing(ppl_smoother, -outputs.log_probs.detach(), segments, mask)
+    else:
+        eps = token_eps[:, 1:].to(device=tgt.device, dtype=torch.float32)
+    rows = mask.nonzero(as_tuple=True)
+    y = tgt[rows]
+    w = head.weight
+    direction = w.index_select(0, y).float() - w.float().mean(0)
+    correction = (hidden[rows].float() * direction).sum(-1)
+    if head.bias is not None:
+        correction = correction + head.bias.index_select(0, y).float() - head.bias.float().mean()
+    correction = correction * head.logit_scale
+    total = -outputs.log_probs.float().sum() + (eps[rows] * correction).sum()
+    n_tokens = mask.sum()
+    denom = num_items_in_batch if num_items_in_batch is not None else n_tokens.clamp(min=1)
+    if isinstance(denom, torch.Tensor):
+        denom = denom.to(total.device)
+    is_top1 = getattr(outputs, "is_top1", None)
+    n_correct = (is_top1 & mask).sum() if is_top1 is not None else torch.zeros((), device=total.device)
+    out = UALLossOutput(loss=total / denom, smoothing_sum=(eps * mask).sum().detach(), n_tokens=n_tokens.detach(),
+                        n_correct=n_correct.detach())
+    return out, outputs
+
+
 def ual_batch_loss(
     model: torch.nn.Module,
     inputs: dict[str, Any],
     num_items_in_batch: torch.Tensor | int | None = None,
     ppl_smoother: Any = None,
     loss_scale: float = 1.0,
+    backend: str = "chunked",
 ) -> tuple[UALLossOutput, Any, dict[str, Any]]:
     """A trainer's UAL loss for one collated batch: (loss output, model outputs, model inputs).
 
     Column mode reads the batch's per-token ``ual_smoothing``; with a ``PPLSmoother`` the smoothing
     comes from each sample's perplexity instead. ``loss_scale`` multiplies the loss (the number of
     processes, when ``num_items_in_batch`` counts every rank's tokens and DDP averages gradients).
+    ``backend``: "chunked" (our own head, everywhere) or "trl_fused" (TRL >= 1.16's fused head plus
+    the linear correction; no soft-capping).
     """
     from ual_plugin.data import TOKEN_COLUMN
     from ual_plugin.ppl import ppl_smoothing_from_hidden
@@ -189,14 +247,21 @@ def ual_batch_loss(
     labels = inputs["labels"]
     token_eps = inputs.get(TOKEN_COLUMN)
     model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", TOKEN_COLUMN)}
-    hidden, outputs = forward_hidden_states(model, model_inputs)
-    if ppl_smoother is not None:
-        token_eps = ppl_smoothing_from_hidden(ppl_smoother, model, hidden, labels, inputs.get("position_ids"))
-    elif token_eps is None:
+    if ppl_smoother is None and token_eps is None:
         raise ValueError(
             f"UAL column mode: the batch has no '{TOKEN_COLUMN}' tensor (was the data collator replaced after the "
             "trainer was built?)"
         )
+    if backend == "trl_fused":
+        out, outputs = _trl_fused_loss(model, model_inputs, labels, token_eps, num_items_in_batch, ppl_smoother)
+        if loss_scale != 1.0:
+            out.loss = out.loss * loss_scale
+        return out, outputs, model_inputs
+    if backend != "chunked":
+        raise ValueError(f"unknown UAL loss backend {backend!r}; expected 'chunked' or 'trl_fused'")
+    hidden, outputs = forward_hidden_states(model, model_inputs)
+    if ppl_smoother is not None:
+        token_eps = ppl_smoothing_from_hidden(ppl_smoother, model, hidden, labels, inputs.get("position_ids"))
     out = causal_lm_ual_loss(model, hidden, labels, token_eps, num_items_in_batch)
     if loss_scale != 1.0:
         out.loss = out.loss * loss_scale

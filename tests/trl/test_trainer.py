@@ -326,3 +326,27 @@ def test_plain_text_dataset(tiny_model_dir, tmp_path):
         lab = batch["labels"][r] != -100
         assert int(lab.sum()) > 5  # language modelling: every real token is a label
         assert torch.allclose(batch[TOKEN_COLUMN][r][lab], torch.tensor(float(expected[i])))
+
+
+@pytest.mark.parametrize("mode", ["column", "ppl"])
+def test_trl_fused_backend_matches_chunked(tiny_model_dir, tmp_path, mode):
+    """UAL riding on TRL's fused log-prob head (trl >= 1.16) equals UAL's own chunked head."""
+    from ual_plugin.causal_lm import has_trl_fused_head
+
+    ds = prompt_completion(8)
+    probe = trainer(tiny_model_dir, ds, tmp_path / "probe")
+    if not has_trl_fused_head(probe.model):
+        with pytest.raises(ValueError, match="trl >= 1.16"):
+            trainer(tiny_model_dir, ds, tmp_path / "f", ual_loss_backend="trl_fused")
+        return
+    results = {}
+    for backend in ("chunked", "trl_fused"):
+        tr = trainer(tiny_model_dir, ds, tmp_path / backend, ual_loss_backend=backend, ual_mode=mode, ual_alpha=0.3)
+        assert tr.ual_loss_backend == backend
+        batch = all_batches(tr)[0]
+        n = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))
+        loss = tr.compute_loss(tr.model, dict(batch), num_items_in_batch=n)
+        grads = torch.autograd.grad(loss, list(tr.model.parameters()))
+        results[backend] = (loss.detach(), torch.cat([g.flatten() for g in grads]))
+    torch.testing.assert_close(results["trl_fused"][0], results["chunked"][0], rtol=1e-5, atol=1e-6)
+    assert rel_err(results["trl_fused"][1], results["chunked"][1]) < 1e-5

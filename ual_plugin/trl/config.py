@@ -9,6 +9,7 @@ from trl import SFTConfig
 from ual_plugin.mapping import DEFAULT_ALPHA, DEFAULT_V_MAX, _check_alpha
 
 UAL_MODES = ("column", "ppl")
+UAL_LOSS_BACKENDS = ("auto", "chunked", "trl_fused")
 
 
 def check_ual_options(alpha: float, v_max: float, mode: str) -> None:
@@ -45,11 +46,23 @@ class UALSFTConfig(SFTConfig):
         default="uncertainty", metadata={"help": "Dataset column holding each sample's uncertainty score."}
     )
 
+    ual_loss_backend: str = field(
+        default="auto",
+        metadata={
+            "help": "'chunked': UAL's own chunked LM-head loss (no [tokens, vocab] logits; fastest on CPU); "
+            "'trl_fused': TRL >= 1.16's fused log-prob head plus UAL's linear correction term (Triton on GPU; "
+            "not with logit soft-capping); 'auto': trl_fused on CUDA where available, else chunked.",
+            "choices": list(UAL_LOSS_BACKENDS),
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.ual:
             return
         check_ual_options(self.ual_alpha, self.ual_v_max, self.ual_mode)
+        if self.ual_loss_backend not in UAL_LOSS_BACKENDS:
+            raise ValueError(f"ual_loss_backend must be one of {UAL_LOSS_BACKENDS}; got {self.ual_loss_backend!r}")
         conflicts = []
         if getattr(self, "use_liger_kernel", False):
             conflicts.append("use_liger_kernel=True (Liger's fused loss has no per-sample smoothing)")

@@ -17,6 +17,8 @@ from trl.data_utils import pack_dataset
 
 from ual_plugin.causal_lm import (
     SmoothingWindow,
+    has_trl_fused_head,
+    head_params,
     refuse_sharded_head,
     ual_batch_loss,
 )
@@ -56,12 +58,25 @@ class UALSFTTrainer(SFTTrainer):
         super().__init__(model, args, *pargs, **kwargs)
         if args.ual:
             refuse_sharded_head(getattr(self, "is_fsdp_enabled", False))
+            self.ual_loss_backend = self._resolve_loss_backend(args.ual_loss_backend)
             if self._ual_columns:
                 self.data_collator = UALCollator(self.data_collator, padding_free=self.padding_free)
             # Our loss is already sum / num_items_in_batch: have Trainer count the items and not rescale for GA.
             self.model_accepts_loss_kwargs = True
             if hasattr(self, "loss_is_scaled_for_ga"):
                 self.loss_is_scaled_for_ga = None
+
+    def _resolve_loss_backend(self, choice: str) -> str:
+        fused_ok = has_trl_fused_head(self.model) and head_params(self.model).softcap is None
+        if choice == "trl_fused" and not fused_ok:
+            raise ValueError(
+                "ual_loss_backend='trl_fused' needs TRL's fused LM head (trl >= 1.16) and a head without logit "
+                "soft-capping; use 'chunked' (or 'auto')."
+            )
+        if choice == "auto":
+            # TRL's fused head runs Triton kernels on CUDA; elsewhere our chunked head is faster (benchmarks/).
+            return "trl_fused" if fused_ok and self.args.device.type == "cuda" else "chunked"
+        return choice
 
     # ------------------------------------------------------------------ data
     def _set_signature_columns_if_needed(self):
@@ -143,7 +158,9 @@ class UALSFTTrainer(SFTTrainer):
         # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks
         scale = self.accelerator.num_processes if (
             self.args.average_tokens_across_devices and num_items_in_batch is not None) else 1.0
-        out, outputs, model_inputs = ual_batch_loss(model, inputs, num_items_in_batch, self._ual_ppl, scale)
+        out, outputs, model_inputs = ual_batch_loss(
+            model, inputs, num_items_in_batch, self._ual_ppl, scale, backend=self.ual_loss_backend
+        )
         loss = out.loss
         self._ual_window.add(mode, out)
         if mode == "train":  # TRL's own `num_tokens` metric (its compute_loss, which we replace, keeps it)
