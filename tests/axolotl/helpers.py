@@ -80,21 +80,12 @@ def write_jsonl(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def cli_env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
-            "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "AXOLOTL_DO_NOT_TRACK": "1",
-            "WANDB_DISABLED": "true",
-            "WANDB_MODE": "disabled",
-            "TOKENIZERS_PARALLELISM": "false",
-            "HF_DATASETS_CACHE": str(tmp / "hf_datasets_cache"),
-            "PYTHONPATH": str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-        }
-    )
+    """The demo's offline environment, plus a per-test datasets cache and this checkout on PYTHONPATH."""
+    from ual_plugin.axolotl.demo import demo_env
+
+    env = demo_env()
+    env["HF_DATASETS_CACHE"] = str(tmp / "hf_datasets_cache")
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
