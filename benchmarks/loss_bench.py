@@ -30,6 +30,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from peak_memory import peak_bytes
 
 from ual_plugin import linear_smoothed_cross_entropy, smoothed_cross_entropy
 
@@ -91,30 +92,11 @@ def time_interleaved(args, variants) -> dict:
     }
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
 def measure_memory_here(args, variant: str) -> float:
     """Peak bytes above the inputs for one step of ``variant``, in this process."""
     inputs = make_inputs(args.n, args.h, args.v, DTYPES[args.dtype], args.device)
     step(variant, *inputs)  # warm-up (allocates .grad once, as in training)
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step(variant, *inputs)
-        torch.cuda.synchronize()
-        return float(torch.cuda.max_memory_allocated() - before)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_kb("VmRSS")
-    step(variant, *inputs)
-    return 1024.0 * (_status_kb("VmHWM") - before)
+    return peak_bytes(lambda: step(variant, *inputs), args.device)
 
 
 def measure_memory(args, variant: str) -> float:

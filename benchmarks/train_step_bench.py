@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import torch
+from peak_memory import peak_bytes
 
 PRESETS = {
     "cpu-small": dict(hidden=256, layers=4, heads=4, kv_heads=4, inter=688, vocab=32000, seq=256, batch=4,
@@ -85,30 +86,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
 def memory_of(p: dict, variant: str, device: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         trainer, batch, n = build_trainer(p, variant, device, tmp)
-        one_step(trainer, batch, n)
+        one_step(trainer, batch, n)  # warm-up
         sync(device)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            one_step(trainer, batch, n)
-            sync(device)
-            return float(torch.cuda.max_memory_allocated() - before)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _kb("VmRSS")
-        one_step(trainer, batch, n)
-        return 1024.0 * (_kb("VmHWM") - before)
+        return peak_bytes(lambda: one_step(trainer, batch, n), device)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,29 @@ def _reduce(per_token: torch.Tensor, valid: torch.Tensor, reduction: str, shape:
     return total / valid.sum().clamp(min=1)
 
 
+def token_nll_and_margin(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token NLL ``lse(z) - z_y`` and margin ``z_y - mean(z)`` in float32, plus the valid mask.
+
+    The UAL loss of a token is ``nll + e * margin``; both are 0 at ignored positions.
+    Shapes: logits [..., V] -> flattened [N] outputs.
+    """
+    vocab = logits.shape[-1]
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not match")
+    z = logits.reshape(-1, vocab).float()
+    t = targets.reshape(-1)
+    valid = t != ignore_index
+    _check_targets(t, valid, vocab)
+    safe_t = torch.where(valid, t, torch.zeros_like(t))
+    z_y = z.gather(1, safe_t.unsqueeze(1)).squeeze(1)
+    zero = torch.zeros_like(z_y)
+    nll = torch.where(valid, torch.logsumexp(z, dim=-1) - z_y, zero)
+    margin = torch.where(valid, z_y - z.mean(dim=-1), zero)
+    return nll, margin, valid
+
+
 def smoothed_cross_entropy(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -75,19 +98,8 @@ def smoothed_cross_entropy(
     returns a tensor shaped like ``targets`` with 0 at ignored positions.
     """
     _check_reduction(reduction)
-    vocab = logits.shape[-1]
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not match")
-    eps = _smoothing_vector(smoothing, targets)
-    z = logits.reshape(-1, vocab).float()
-    t = targets.reshape(-1)
-    valid = t != ignore_index
-    _check_targets(t, valid, vocab)
-    safe_t = torch.where(valid, t, torch.zeros_like(t))
-    lse = torch.logsumexp(z, dim=-1)
-    z_y = z.gather(1, safe_t.unsqueeze(1)).squeeze(1)
-    per_token = lse - (1.0 - eps) * z_y - eps * z.mean(dim=-1)
-    per_token = torch.where(valid, per_token, torch.zeros_like(per_token))
+    nll, margin, valid = token_nll_and_margin(logits, targets, ignore_index)
+    per_token = nll + _smoothing_vector(smoothing, targets) * margin
     return _reduce(per_token, valid, reduction, targets.shape)
 
 

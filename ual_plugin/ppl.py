@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ual_plugin.loss import smoothed_cross_entropy
+from ual_plugin.loss import token_nll_and_margin
 from ual_plugin.mapping import DEFAULT_ALPHA, DEFAULT_V_MAX, _check_alpha
 
 _MAX_LOG_PPL = 30.0
@@ -122,14 +122,15 @@ class UALLoss:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         if logits is None or labels is None:
             raise ValueError("ual_loss needs the model's logits and the labels (got None)")
-        z = logits[:, :-1, :]
-        tgt = labels[:, 1:].to(z.device)
+        tgt = labels[:, 1:].to(logits.device)
         mask = tgt != self.ignore_index
+        # one pass over the logits: the NLL sets each sample's smoothing and is half of the loss too
+        nll, margin, _ = token_nll_and_margin(logits[:, :-1, :], tgt, self.ignore_index)
+        nll, margin = nll.reshape(tgt.shape), margin.reshape(tgt.shape)
         with torch.no_grad():
-            nll = smoothed_cross_entropy(z.detach(), tgt, 0.0, self.ignore_index, reduction="none")
-            rows = torch.arange(tgt.shape[0], device=z.device).unsqueeze(1).expand_as(tgt)
-            eps = ppl_token_smoothing(self.smoother, nll, rows, mask)
-        total = smoothed_cross_entropy(z, tgt, eps, self.ignore_index, reduction="sum")
+            rows = torch.arange(tgt.shape[0], device=tgt.device).unsqueeze(1).expand_as(tgt)
+            eps = ppl_token_smoothing(self.smoother, nll.detach(), rows, mask)
+        total = (nll + eps * margin).sum()
         n = mask.sum()
         if n > 0:
             self.last_mean_smoothing = float((eps * mask).sum() / n)

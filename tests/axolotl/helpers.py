@@ -3,16 +3,16 @@ that writes an Axolotl YAML and runs the real CLI in a subprocess (CPU, offline)
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ual_plugin.axolotl.demo import parse_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = "ual_plugin.axolotl.UALPlugin"
@@ -177,27 +177,6 @@ def make_workspace(root: Path) -> Workspace:
     return ws
 
 
-_DICT = re.compile(r"\{'[^{}]*\}")
-
-
-def parse_metrics(output: str) -> list[dict[str, Any]]:
-    """The metric dicts the HF Trainer printed (values converted to float where they are numbers)."""
-    found = []
-    for m in _DICT.finditer(output):
-        try:
-            d = ast.literal_eval(m.group(0))
-        except (ValueError, SyntaxError):
-            continue
-        if not isinstance(d, dict):
-            continue
-        out = {}
-        for k, v in d.items():
-            try:
-                out[k] = float(v)
-            except (TypeError, ValueError):
-                out[k] = v
-        found.append(out)
-    return found
 
 
 class RunResult:

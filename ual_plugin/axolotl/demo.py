@@ -123,14 +123,28 @@ def write_config(out: Path, model: Path, scored: Path, alpha: float, max_steps: 
     return path
 
 
-def parse_log(text: str) -> dict[str, Any]:
-    metrics = []
+def parse_metrics(text: str) -> list[dict[str, Any]]:
+    """The metric dicts the HF Trainer printed (values converted to float where they are numbers)."""
+    found = []
     for m in _DICT.finditer(text):
         try:
             d = ast.literal_eval(m.group(0))
         except (ValueError, SyntaxError):
             continue
-        metrics.append({k: (float(v) if re.fullmatch(r"-?[0-9.eE+-]+", str(v)) else v) for k, v in d.items()})
+        if not isinstance(d, dict):
+            continue
+        out = {}
+        for k, v in d.items():
+            try:
+                out[k] = float(v)
+            except (TypeError, ValueError):
+                out[k] = v
+        found.append(out)
+    return found
+
+
+def parse_log(text: str) -> dict[str, Any]:
+    metrics = parse_metrics(text)
     banner = next((line.split("] ", 3)[-1] for line in text.splitlines() if "UAL active:" in line), None)
     train = [m for m in metrics if "loss" in m]
     evals = [m for m in metrics if "eval_loss" in m]

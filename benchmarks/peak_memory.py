@@ -1,0 +1,36 @@
+"""Peak memory of one call, measured the same way by every benchmark here.
+
+CUDA: ``max_memory_allocated`` above what was allocated before the call. CPU: ``VmHWM - VmRSS``
+around the call, after resetting VmHWM through ``/proc/self/clear_refs`` (run the process with
+``MALLOC_MMAP_THRESHOLD_`` so freed buffers go back to the OS and the RSS baseline is honest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def peak_bytes(fn: Callable[[], object], device: str) -> float:
+    """Bytes allocated at the peak of ``fn()`` above the state before it (call it warmed up)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return float(torch.cuda.max_memory_allocated() - before)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kb("VmRSS")
+    fn()
+    return 1024.0 * (_status_kb("VmHWM") - before)
