@@ -1,11 +1,17 @@
-"""Forward+backward time and peak memory of UAL's chunked loss vs torch on materialised logits.
+"""Forward+backward time and peak memory of UAL's fused linear loss against the alternatives.
 
 Variants (all compute gradients for hidden and weight):
-  torch_ls    torch.nn.functional.cross_entropy(h @ W.T in fp32, label_smoothing=0.1): the native
-              fused op with one scalar smoothing (the cheapest materialised baseline; it cannot do
-              per-token smoothing at all)
-  torch_ual   UAL with per-token smoothing on materialised fp32 logits (smoothed_cross_entropy)
-  ual_linear  ual_plugin.linear_smoothed_cross_entropy, per-token smoothing, no [N, V] logits
+  torch_ls          torch.nn.functional.cross_entropy(h @ W.T in fp32, label_smoothing=0.1): the
+                    native fused op with one scalar smoothing (the cheapest materialised baseline;
+                    it cannot do per-token smoothing at all)
+  torch_ual         UAL with per-token smoothing on materialised fp32 logits (smoothed_cross_entropy)
+  ual_linear        ual_plugin.linear_smoothed_cross_entropy, per-token smoothing, no [N, V] logits
+                    (kernel "auto": triton on CUDA, torch elsewhere)
+  ual_linear_torch  the same with kernel="torch" (the portable fallback)
+  gemm_floor        the three bare GEMMs of any linear cross-entropy (logits, grad hidden, grad
+                    weight) and nothing else: the time floor (CUDA)
+  liger_flce        Liger-Kernel's fused linear cross-entropy, scalar label_smoothing=0.1 (CUDA)
+  cce               Cut Cross-Entropy's linear_cross_entropy, no smoothing (CUDA)
 
 Time: the variants run interleaved (A B A B ...) in one process; we report medians and the
 median of per-round ratios against torch_ls. Memory: each variant runs in a fresh process; on
@@ -14,15 +20,15 @@ CPU the peak is VmHWM - VmRSS around one warmed-up step (after resetting VmHWM t
 CUDA it is torch.cuda.max_memory_allocated above the inputs.
 
     python benchmarks/loss_bench.py                       # CPU, N=2048 H=256 V=32000
-    python benchmarks/loss_bench.py --device cuda --n 16384 --h 4096 --v 32000 --dtype bf16
+    python benchmarks/loss_bench.py --preset gpu --write   # CUDA, both issue shapes, bf16, into RESULTS.md
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,26 +37,55 @@ import time
 import torch
 import torch.nn.functional as F
 from peak_memory import peak_bytes
+from results_md import device_name, provenance, write_section
 
 from ual_plugin import linear_smoothed_cross_entropy, smoothed_cross_entropy
 
-VARIANTS = ("torch_ls", "torch_ual", "ual_linear")
+VARIANTS = ("torch_ls", "torch_ual", "ual_linear", "ual_linear_torch", "gemm_floor", "liger_flce", "cce")
+CPU_DEFAULT = ("torch_ls", "torch_ual", "ual_linear")
+CUDA_DEFAULT = ("torch_ls", "gemm_floor", "liger_flce", "cce", "ual_linear")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The shapes of the GPU targets: Llama-3's vocabulary, and a 32k vocabulary at twice the tokens.
+GPU_SHAPES = ((8192, 4096, 128256), (16384, 4096, 32000))
+_NEEDS = {"liger_flce": "liger_kernel", "cce": "cut_cross_entropy"}
 
 
-def make_inputs(n: int, h: int, v: int, dtype: torch.dtype, device: str, seed: int = 0):
+def available(variant: str, device: str) -> bool:
+    if variant in ("gemm_floor", "liger_flce", "cce") and device != "cuda":
+        return False
+    return variant not in _NEEDS or importlib.util.find_spec(_NEEDS[variant]) is not None
+
+
+def make_inputs(n: int, h: int, v: int, dtype: torch.dtype, device: str, ignore_frac: float = 0.1, seed: int = 0):
     g = torch.Generator(device="cpu").manual_seed(seed)
     hidden = (torch.randn(n, h, generator=g) * 0.5).to(device=device, dtype=dtype).requires_grad_()
     weight = (torch.randn(v, h, generator=g) * 0.02).to(device=device, dtype=dtype).requires_grad_()
     targets = torch.randint(0, v, (n,), generator=g).to(device)
-    targets[: n // 10] = -100  # some ignored (prompt) tokens, as in SFT
+    targets[: int(n * ignore_frac)] = -100  # ignored (prompt) tokens, as in SFT
     smoothing = (torch.rand(n, generator=g) * 0.2).to(device)
     return hidden, weight, targets, smoothing
+
+
+_LIGER = {}
+
+
+def _liger_loss():
+    if "fn" not in _LIGER:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        _LIGER["fn"] = LigerFusedLinearCrossEntropyLoss(label_smoothing=0.1)
+    return _LIGER["fn"]
 
 
 def step(variant: str, hidden, weight, targets, smoothing) -> None:
     hidden.grad = None
     weight.grad = None
+    if variant == "gemm_floor":
+        with torch.no_grad():
+            logits = hidden @ weight.t()
+            hidden.grad = logits @ weight
+            weight.grad = logits.t() @ hidden
+        return
     if variant == "torch_ls":
         logits = (hidden @ weight.t()).float()
         loss = F.cross_entropy(logits, targets, label_smoothing=0.1)
@@ -59,6 +94,14 @@ def step(variant: str, hidden, weight, targets, smoothing) -> None:
         loss = smoothed_cross_entropy(logits, targets, smoothing)
     elif variant == "ual_linear":
         loss = linear_smoothed_cross_entropy(hidden, weight, targets, smoothing)
+    elif variant == "ual_linear_torch":
+        loss = linear_smoothed_cross_entropy(hidden, weight, targets, smoothing, kernel="torch")
+    elif variant == "liger_flce":
+        loss = _liger_loss()(weight, hidden, targets)
+    elif variant == "cce":
+        from cut_cross_entropy import linear_cross_entropy
+
+        loss = linear_cross_entropy(hidden, weight, targets)
     else:
         raise ValueError(variant)
     loss.backward()
@@ -69,9 +112,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(args, variants) -> dict:
-    inputs = make_inputs(args.n, args.h, args.v, DTYPES[args.dtype], args.device)
-    for var in variants:  # warm-up
+def time_interleaved(args, variants) -> dict[str, list[float]]:
+    """Seconds per fwd+bwd of each variant, the variants interleaved round by round."""
+    inputs = make_inputs(args.n, args.h, args.v, DTYPES[args.dtype], args.device, args.ignore_frac)
+    for var in variants:  # warm-up (kernel compilation, autotuning, allocator)
         step(var, *inputs)
     sync(args.device)
     times = {v: [] for v in variants}
@@ -82,19 +126,17 @@ def time_interleaved(args, variants) -> dict:
             step(var, *inputs)
             sync(args.device)
             times[var].append(time.perf_counter() - t)
-    base = times[variants[0]]
-    return {
-        var: {
-            "median_ms": 1000 * statistics.median(ts),
-            "ratio_vs_" + variants[0]: statistics.median(a / b for a, b in zip(ts, base, strict=True)),
-        }
-        for var, ts in times.items()
-    }
+    return times
+
+
+def ratio(times: dict[str, list[float]], var: str, ref: str) -> float:
+    """Median of the per-round ratios var / ref (robust to drifting machine load)."""
+    return statistics.median(a / b for a, b in zip(times[var], times[ref], strict=True))
 
 
 def measure_memory_here(args, variant: str) -> float:
     """Peak bytes above the inputs for one step of ``variant``, in this process."""
-    inputs = make_inputs(args.n, args.h, args.v, DTYPES[args.dtype], args.device)
+    inputs = make_inputs(args.n, args.h, args.v, DTYPES[args.dtype], args.device, args.ignore_frac)
     step(variant, *inputs)  # warm-up (allocates .grad once, as in training)
     return peak_bytes(lambda: step(variant, *inputs), args.device)
 
@@ -102,43 +144,66 @@ def measure_memory_here(args, variant: str) -> float:
 def measure_memory(args, variant: str) -> float:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
     cmd = [sys.executable, __file__, "--device", args.device, "--n", str(args.n), "--h", str(args.h),
-           "--v", str(args.v), "--dtype", args.dtype, "--memory-of", variant]
+           "--v", str(args.v), "--dtype", args.dtype, "--ignore-frac", str(args.ignore_frac), "--memory-of", variant]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"])
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads"
+def table(args, variants: tuple[str, ...]) -> str:
+    """One shape: time and memory of every variant, with ratios against the first and against Liger."""
+    times = time_interleaved(args, variants)
+    memory = {v: measure_memory(args, v) for v in variants}
+    base = variants[0]
+    refs = [base] + [r for r in ("liger_flce", "gemm_floor") if r in variants and r != base]
+    head = (f"N={args.n} H={args.h} V={args.v}, {args.dtype}, {args.ignore_frac:.0%} of targets ignored, "
+            f"{args.reps} interleaved rounds, device {device_name(args.device)}\n\n")
+    cols = "".join(f" time vs {r} |" for r in refs) + f" peak memory | memory vs {base} |"
+    cols += " memory vs liger_flce |" if "liger_flce" in variants and base != "liger_flce" else ""
+    lines = [f"| variant | median fwd+bwd |{cols}", "|---|---|" + "---|" * (cols.count("|"))]
+    for var in variants:
+        row = f"| {var} | {1000 * statistics.median(times[var]):.1f} ms |"
+        row += "".join(f" {ratio(times, var, r):.2f}x |" for r in refs)
+        row += f" {memory[var] / 2**20:.1f} MiB | {memory[var] / memory[base]:.3f}x |"
+        if "liger_flce" in variants and base != "liger_flce":
+            row += f" {memory[var] / memory['liger_flce']:.3f}x |"
+        lines.append(row)
+    return head + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--preset", choices=["gpu"], help="gpu: both target shapes, bf16, no ignored targets")
     p.add_argument("--n", type=int, default=2048)
     p.add_argument("--h", type=int, default=256)
     p.add_argument("--v", type=int, default=32000)
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    p.add_argument("--ignore-frac", type=float, default=0.1, help="fraction of targets set to ignore_index")
     p.add_argument("--reps", type=int, default=15)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", help="comma-separated; default: all that run on the device")
+    p.add_argument("--write", action="store_true", help="write the table(s) into benchmarks/RESULTS.md")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_of:
         print(json.dumps({"peak_bytes": measure_memory_here(args, args.memory_of)}))
         return 0
-    variants = tuple(args.variants.split(","))
-    timing = time_interleaved(args, variants)
-    memory = {v: measure_memory(args, v) for v in variants}
-    base = variants[0]
-    print(f"\nN={args.n} H={args.h} V={args.v} dtype={args.dtype} device={args.device} ({machine()}), "
-          f"torch {torch.__version__}, {args.reps} interleaved rounds")
-    print(f"| variant | median fwd+bwd | time vs {base} | peak memory | memory vs {base} |")
-    print("|---|---|---|---|---|")
-    for var in variants:
-        t = timing[var]
-        print(f"| {var} | {t['median_ms']:.1f} ms | {t['ratio_vs_' + base]:.2f}x | {memory[var] / 2**20:.1f} MiB "
-              f"| {memory[var] / memory[base]:.3f}x |")
+    wanted = args.variants.split(",") if args.variants else CUDA_DEFAULT if args.device == "cuda" else CPU_DEFAULT
+    unknown = set(wanted) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    variants = tuple(v for v in wanted if available(v, args.device))
+    skipped = [v for v in wanted if v not in variants]
+    if skipped:
+        print(f"skipped (not installed or not on {args.device}): {', '.join(skipped)}")
+    shapes = [(args.n, args.h, args.v)]
+    if args.preset == "gpu":
+        shapes, args.dtype, args.ignore_frac = list(GPU_SHAPES), "bf16", 0.0
+    body = provenance(args.device) + "\n"
+    for args.n, args.h, args.v in shapes:
+        body += table(args, variants) + "\n"
+    print(body)
+    if args.write:
+        write_section("loss-gpu" if args.device == "cuda" else "loss-cpu", body)
     return 0
 
 
