@@ -109,6 +109,22 @@ def test_linear_softcap_and_logit_scale(softcap, logit_scale):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("frozen_head", [False, True])
+def test_linear_without_ignored_targets_and_with_a_frozen_head(frozen_head):
+    hidden, weight, _, targets, eps = make_case(n=33, seed=11)
+    targets = targets.clamp(min=0)  # every target counts: the no-gather path
+    weight.requires_grad_(not frozen_head)
+    out = linear_smoothed_cross_entropy(hidden.reshape(3, 11, -1), weight, targets.reshape(3, 11),
+                                        eps.reshape(3, 11), chunk_size=8, kernel="torch")
+    ref = torch_reference(hidden @ weight.t(), targets, eps).mean()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    params = [hidden] if frozen_head else [hidden, weight]
+    got = torch.autograd.grad(out, params)
+    want = torch.autograd.grad(ref, params)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
 def test_linear_batched_shape_and_all_ignored():
     hidden = torch.randn(2, 5, 8, requires_grad=True)
     weight = torch.randn(13, 8, requires_grad=True)
