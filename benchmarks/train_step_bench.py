@@ -24,6 +24,7 @@ import time
 
 import torch
 from peak_memory import peak_bytes
+from results_md import provenance, write_section
 
 PRESETS = {
     "cpu-small": dict(hidden=256, layers=4, heads=4, kv_heads=4, inter=688, vocab=32000, seq=256, batch=4,
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", choices=list(PRESETS), default="cpu-small")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--reps", type=int, default=8)
+    ap.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     ap.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     p = PRESETS[args.preset]
@@ -129,17 +131,20 @@ def main(argv: list[str] | None = None) -> int:
         out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--device", args.device,
                               "--memory-of", v], env=env, capture_output=True, text=True, check=True)
         memory[v] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
-    import transformers
     import trl
 
-    print(f"\npreset={args.preset} {p} device={args.device}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, trl {trl.__version__}, {args.reps} interleaved rounds")
-    print("| trainer | median step | time vs stock | peak memory | memory vs stock |")
-    print("|---|---|---|---|---|")
+    lines = [provenance(args.device), f"preset={args.preset} {p}, {args.reps} interleaved rounds\n",
+             "| trl | trainer | median step | time vs stock | peak memory | memory vs stock |",
+             "|---|---|---|---|---|---|"]
     for v in variants:
         ratio = statistics.median(a / b for a, b in zip(times[v], times["stock"], strict=True))
-        print(f"| {'UALSFTTrainer' if v == 'ual' else 'stock SFTTrainer'} | {1000 * statistics.median(times[v]):.0f} ms "
-              f"| {ratio:.3f}x | {memory[v] / 2**20:.0f} MiB | {memory[v] / memory['stock']:.3f}x |")
+        lines.append(f"| {trl.__version__} | {'UALSFTTrainer' if v == 'ual' else 'stock SFTTrainer'} "
+                     f"| {1000 * statistics.median(times[v]):.0f} ms | {ratio:.3f}x | {memory[v] / 2**20:.0f} MiB "
+                     f"| {memory[v] / memory['stock']:.3f}x |")
+    body = "\n".join(lines) + "\n"
+    print(body)
+    if args.write:
+        write_section(f"train-step-{args.preset}-trl-{trl.__version__}", body)
     return 0
 
 

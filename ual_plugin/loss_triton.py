@@ -9,11 +9,16 @@ allocated. Import this module only where ``triton`` is installed.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-_MAX_BLOCK_V = 32768  # the widest slice of a row held at once (as Liger's cross-entropy kernel)
+# Row-slice widths and warp counts to try on the first launch per vocabulary size: about 8 float32
+# values per thread, which compiles for sm_80/sm_90 without register spills (wider slices per
+# thread spill to local memory). The fastest is kept for the process.
+_TUNING = ((2048, 8), (4096, 8), (4096, 16), (8192, 16), (8192, 32))
 
 
 @triton.jit
@@ -78,6 +83,13 @@ def _ual_rows_kernel(
             tl.store(base + cols, g.to(z_ptr.dtype.element_ty), mask=mask)
 
 
+_ual_rows_kernel_tuned = triton.autotune(
+    configs=[triton.Config({"BLOCK_V": block}, num_warps=warps) for block, warps in _TUNING],
+    key=["V", "HAS_SOFTCAP", "WANT_GRAD"],
+    restore_value=["z_ptr"],  # the kernel overwrites the logits: each trial starts from the originals
+)(_ual_rows_kernel)
+
+
 def smoothed_ce_rows_(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -91,6 +103,7 @@ def smoothed_ce_rows_(
 
     With ``row_weight`` [rows] the rows of ``logits`` are overwritten, in their own dtype, by the
     gradient of ``sum(row_weight * loss)`` with respect to them. targets must be valid class ids.
+    ``block_v`` fixes the row-slice width instead of tuning it (tests use it to force several slices).
     """
     rows, vocab = logits.shape
     if logits.stride(1) != 1:
@@ -99,23 +112,64 @@ def smoothed_ce_rows_(
     top1 = torch.empty(rows, dtype=torch.int8, device=logits.device)
     if rows == 0:
         return losses, top1.bool()
-    block = block_v or min(_MAX_BLOCK_V, triton.next_power_of_2(vocab))
     want_grad = row_weight is not None
-    _ual_rows_kernel[(rows,)](
+    targets, eps = targets.contiguous(), eps.contiguous()
+    args = (
         logits,
         logits.stride(0),
         targets,
         eps,
-        row_weight if want_grad else eps,
+        row_weight.contiguous() if want_grad else eps,
         losses,
         top1,
         vocab,
         1.0 / vocab,
         float(logit_scale),
         float(softcap) if softcap is not None else 1.0,
-        HAS_SOFTCAP=softcap is not None,
-        WANT_GRAD=want_grad,
-        BLOCK_V=block,
-        num_warps=32 if block >= 8192 else 8 if block >= 1024 else 4,
     )
+    flags = dict(HAS_SOFTCAP=softcap is not None, WANT_GRAD=want_grad)
+    if block_v is None and os.environ.get("TRITON_INTERPRET") == "1":
+        block_v = _TUNING[0][0]  # the CPU interpreter has no device to time configurations on
+    if block_v is None:
+        _ual_rows_kernel_tuned[(rows,)](*args, **flags)
+    else:
+        _ual_rows_kernel[(rows,)](*args, **flags, BLOCK_V=block_v, num_warps=4)
     return losses, top1.bool()
+
+
+def compile_report(arch: int = 90) -> list[dict]:
+    """Compile every tuning configuration for ``sm_<arch>`` ahead of time (no GPU needed) and return
+    each one's register count and stack (spill) bytes, as read back from the cubin by cuobjdump."""
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    signature = {"z_ptr": "*bf16", "z_stride": "i64", "tgt_ptr": "*i64", "eps_ptr": "*fp32", "rw_ptr": "*fp32",
+                 "loss_ptr": "*fp32", "top1_ptr": "*i8", "V": "i32", "inv_v": "fp32", "scale": "fp32",
+                 "softcap": "fp32", "HAS_SOFTCAP": "constexpr", "WANT_GRAD": "constexpr", "BLOCK_V": "constexpr"}
+    report = []
+    for block, warps in _TUNING:
+        for softcap in (False, True):
+            constexprs = {"HAS_SOFTCAP": softcap, "WANT_GRAD": True, "BLOCK_V": block}
+            src = ASTSource(fn=_ual_rows_kernel, signature=signature, constexprs=constexprs)
+            kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                f.write(kernel.asm["cubin"])
+                f.flush()
+                usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True,
+                                       text=True, check=True).stdout
+            fields = dict(item.split(":") for item in usage.split("Resource usage:")[-1].split() if ":" in item)
+            report.append({"block_v": block, "num_warps": warps, "softcap": softcap,
+                           "registers": int(fields["REG"]), "stack_bytes": int(fields["STACK"])})
+    return report
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    for row in compile_report(int(sys.argv[1]) if len(sys.argv) > 1 else 90):
+        print(json.dumps(row))
