@@ -13,6 +13,7 @@ backward pass is a cheap rescale (the same trick as Liger-Kernel's fused linear 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -118,6 +119,7 @@ _CUDA_CHUNK_BYTES = 512 << 20  # torch kernel, CUDA: fp32 logits per chunk
 _TRITON_CHUNK_BYTES = 128 << 20
 
 
+@functools.cache
 def _triton_installed() -> bool:
     try:
         import triton  # noqa: F401
