@@ -67,6 +67,7 @@ def make_inputs(n: int, h: int, v: int, dtype: torch.dtype, device: str, ignore_
 
 
 _LIGER = {}
+_UAL_OPTIONS: dict = {}  # extra keyword arguments for the ual_* variants (--chunk-size)
 
 
 def _liger_loss():
@@ -93,9 +94,9 @@ def step(variant: str, hidden, weight, targets, smoothing) -> None:
         logits = (hidden @ weight.t()).float()
         loss = smoothed_cross_entropy(logits, targets, smoothing)
     elif variant == "ual_linear":
-        loss = linear_smoothed_cross_entropy(hidden, weight, targets, smoothing)
+        loss = linear_smoothed_cross_entropy(hidden, weight, targets, smoothing, **_UAL_OPTIONS)
     elif variant == "ual_linear_torch":
-        loss = linear_smoothed_cross_entropy(hidden, weight, targets, smoothing, kernel="torch")
+        loss = linear_smoothed_cross_entropy(hidden, weight, targets, smoothing, kernel="torch", **_UAL_OPTIONS)
     elif variant == "liger_flce":
         loss = _liger_loss()(weight, hidden, targets)
     elif variant == "cce":
@@ -145,6 +146,8 @@ def measure_memory(args, variant: str) -> float:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
     cmd = [sys.executable, __file__, "--device", args.device, "--n", str(args.n), "--h", str(args.h),
            "--v", str(args.v), "--dtype", args.dtype, "--ignore-frac", str(args.ignore_frac), "--memory-of", variant]
+    if args.chunk_size:
+        cmd += ["--chunk-size", str(args.chunk_size)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"])
 
@@ -180,10 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     p.add_argument("--ignore-frac", type=float, default=0.1, help="fraction of targets set to ignore_index")
     p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--chunk-size", type=int, help="tokens per chunk for the ual_* variants (default: their own)")
     p.add_argument("--variants", help="comma-separated; default: all that run on the device")
     p.add_argument("--write", action="store_true", help="write the table(s) into benchmarks/RESULTS.md")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.chunk_size:
+        _UAL_OPTIONS["chunk_size"] = args.chunk_size
     if args.memory_of:
         print(json.dumps({"peak_bytes": measure_memory_here(args, args.memory_of)}))
         return 0

@@ -67,8 +67,11 @@ def test_rows_kernel_matches_torch_loss_and_gradient(block_v, softcap):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_linear_triton_matches_reference_fp32(reduction, with_bias):
+@pytest.mark.parametrize("some_ignored", [True, False])  # gathered rows, or the whole batch in place
+def test_linear_triton_matches_reference_fp32(reduction, with_bias, some_ignored):
     hidden, weight, bias, targets, eps = on_device(*make_case(n=40, h=16, v=37, seed=2, with_bias=with_bias))
+    if not some_ignored:
+        targets = targets.clamp(min=0)
     stats = {}
     out = linear_smoothed_cross_entropy(
         hidden, weight, targets.to(DEVICE), eps.to(DEVICE), bias=bias, reduction=reduction, chunk_size=16,
