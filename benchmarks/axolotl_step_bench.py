@@ -109,20 +109,17 @@ def write_dataset(p: dict[str, Any], tok, words: list[str], rng: random.Random, 
 
 def build_model_here(p: dict[str, Any], model_dir: Path) -> None:
     """Randomly initialise a LlamaForCausalLM of the preset's shape (on the GPU when there is one) and save it."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from random_llama import llama_config, preset_dtype
+    from transformers import AutoTokenizer, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     tok = AutoTokenizer.from_pretrained(model_dir)
-    cfg = LlamaConfig(vocab_size=p["vocab"], hidden_size=p["hidden"], intermediate_size=p["inter"],
-                      num_hidden_layers=p["layers"], num_attention_heads=p["heads"],
-                      num_key_value_heads=p["kv_heads"], max_position_embeddings=max(8192, 2 * p["seq"]),
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=False)
+    cfg = llama_config(p, max(8192, 2 * p["seq"]), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if p["dtype"] == "bf16" else torch.float32
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
+        model = LlamaForCausalLM._from_config(cfg, dtype=preset_dtype(p))
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(model_dir)
 

@@ -23,18 +23,11 @@ from typing import Any
 
 import torch
 from axolotl.integrations.base import BasePlugin
+from peak_memory import reset_cpu_peak, status_bytes
 from transformers import TrainerCallback
 
 OUT_ENV = "AXOLOTL_STEP_TIMER_OUT"
 WARMUP_ENV = "AXOLOTL_STEP_TIMER_WARMUP"
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return 1024 * int(line.split()[1])
-    raise RuntimeError(field)
 
 
 class _Memory:
@@ -45,17 +38,16 @@ class _Memory:
         self.kind = "torch.cuda.max_memory_allocated" if self.cuda else "VmHWM (peak RSS)"
 
     def current(self) -> int:
-        return torch.cuda.memory_allocated() if self.cuda else _status_bytes("VmRSS")
+        return torch.cuda.memory_allocated() if self.cuda else status_bytes("VmRSS")
 
     def reset(self) -> None:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # VmHWM := VmRSS
+            reset_cpu_peak()
 
     def peak(self) -> int:
-        return torch.cuda.max_memory_allocated() if self.cuda else _status_bytes("VmHWM")
+        return torch.cuda.max_memory_allocated() if self.cuda else status_bytes("VmHWM")
 
 
 def lm_forward(model: Any) -> str:

@@ -36,7 +36,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from peak_memory import peak_bytes
+from peak_memory import peak_bytes, sync
 from results_md import device_name, provenance, write_section
 
 from ual_plugin import linear_smoothed_cross_entropy, smoothed_cross_entropy
@@ -106,11 +106,6 @@ def step(variant: str, hidden, weight, targets, smoothing) -> None:
     else:
         raise ValueError(variant)
     loss.backward()
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_interleaved(args, variants) -> dict[str, list[float]]:

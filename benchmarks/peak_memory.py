@@ -12,12 +12,25 @@ from collections.abc import Callable
 import torch
 
 
-def _status_kb(field: str) -> int:
+def status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
-                return int(line.split()[1])
+                return 1024 * int(line.split()[1])
     raise RuntimeError(field)
+
+
+def reset_cpu_peak() -> None:
+    """Set this process's VmHWM back to its current VmRSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so wall-clock times cover it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def peak_bytes(fn: Callable[[], object], device: str) -> float:
@@ -29,8 +42,7 @@ def peak_bytes(fn: Callable[[], object], device: str) -> float:
         fn()
         torch.cuda.synchronize()
         return float(torch.cuda.max_memory_allocated() - before)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_kb("VmRSS")
+    reset_cpu_peak()
+    before = status_bytes("VmRSS")
     fn()
-    return 1024.0 * (_status_kb("VmHWM") - before)
+    return float(status_bytes("VmHWM") - before)

@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from random_llama import llama_config, preset_dtype
+from results_md import provenance, write_section
 
 PRESETS = {
     "cpu-tiny": dict(hidden=256, layers=4, heads=4, kv_heads=2, inter=704, vocab=32000, seq=256, batch=4,
@@ -58,25 +59,19 @@ class LossPair:
     nll: float
 
 
-def pick_dtype(p: dict) -> torch.dtype:
-    return torch.bfloat16 if p["dtype"] == "bf16" else torch.float32
-
-
 def save_random_llama(p: dict, out_dir: Path, device: str) -> Path:
     """A seeded random LlamaForCausalLM in the preset's dtype plus a local tokenizer, saved to ``out_dir``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from ual_plugin.demo.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
-    cfg = LlamaConfig(vocab_size=p["vocab"], hidden_size=p["hidden"], intermediate_size=p["inter"],
-                      num_hidden_layers=p["layers"], num_attention_heads=p["heads"],
-                      num_key_value_heads=p["kv_heads"], max_position_embeddings=max(2 * p["seq"], 1024),
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    cfg = llama_config(p, max(2 * p["seq"], 1024), bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       tie_word_embeddings=False)
     torch.manual_seed(SEED)
     with torch.device(device):  # initialise where it is cheap (an 8B model on the GPU), in the target dtype
-        model = LlamaForCausalLM._from_config(cfg, dtype=pick_dtype(p))
+        model = LlamaForCausalLM._from_config(cfg, dtype=preset_dtype(p))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     del model
@@ -98,7 +93,7 @@ def load_lora(path: Path, p: dict, device: str) -> torch.nn.Module:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(p), device_map={"": device})
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=preset_dtype(p), device_map={"": device})
     torch.manual_seed(SEED)
     return get_peft_model(base, lora_config())
 
@@ -109,8 +104,8 @@ def load_qlora(path: Path, p: dict, device: str) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=pick_dtype(p))
-    base = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, dtype=pick_dtype(p),
+                             bnb_4bit_compute_dtype=preset_dtype(p))
+    base = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, dtype=preset_dtype(p),
                                                 device_map={"": device})
     # also turns on gradient checkpointing, as QLoRA recipes do
     base = prepare_model_for_kbit_training(base, gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -272,9 +267,6 @@ def main(argv: list[str] | None = None) -> int:
     body = f"preset={args.preset} {p} device={args.device}\n\n{table}"
     print("\n" + body)
     if args.write:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from results_md import provenance, write_section
-
         write_section(f"qlora-{args.preset}", provenance(args.device) + "\n" + body)
     return 0 if ok else 1
 

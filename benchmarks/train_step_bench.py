@@ -23,7 +23,7 @@ import tempfile
 import time
 
 import torch
-from peak_memory import peak_bytes
+from peak_memory import peak_bytes, sync
 from results_md import provenance, write_section
 
 PRESETS = {
@@ -36,17 +36,15 @@ PRESETS = {
 
 def build_trainer(p: dict, variant: str, device: str, out_dir: str):
     from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from random_llama import llama_config, preset_dtype
+    from transformers import LlamaForCausalLM
 
     from ual_plugin.trl import UALSFTConfig, UALSFTTrainer
 
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if p["dtype"] == "bf16" else torch.float32
-    cfg = LlamaConfig(vocab_size=p["vocab"], hidden_size=p["hidden"], intermediate_size=p["inter"],
-                      num_hidden_layers=p["layers"], num_attention_heads=p["heads"],
-                      num_key_value_heads=p["kv_heads"], max_position_embeddings=p["seq"] * 2)
+    cfg = llama_config(p)
     with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype)
+        model = LlamaForCausalLM(cfg).to(preset_dtype(p))
     if p["lora"]:
         from peft import LoraConfig, get_peft_model
 
@@ -80,11 +78,6 @@ def build_trainer(p: dict, variant: str, device: str, out_dir: str):
 def one_step(trainer, batch, n_items) -> None:
     trainer.model.zero_grad(set_to_none=True)
     trainer.training_step(trainer.model, dict(batch), n_items)
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def memory_of(p: dict, variant: str, device: str) -> float:
