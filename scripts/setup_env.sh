@@ -19,11 +19,30 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 echo "[setup] building $venv (first time: a few minutes)"
+SECONDS=0
 "$PYTHON" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 # CPU build of torch first (a wheel pip finds locally where one is provided), then the project.
 "$venv/bin/python" -m pip install -q "torch==2.13.0"
 "$venv/bin/python" -m pip install -q -e "$spec" "${extra[@]}"
+# Axolotl pins torchao's PyPI wheel, whose C++ extensions are CUDA builds: with a CPU-only torch they cannot
+# load, and torchao prints a load failure for each on every import (also when transformers imports it in a
+# plain TRL run). Remove exactly the extensions that fail to load with the installed torch.
+"$venv/bin/python" - <<'PY'
+import importlib.util
+import pathlib
+
+import torch
+
+spec = importlib.util.find_spec("torchao")
+if spec is not None and spec.origin is not None:
+    for lib in sorted(pathlib.Path(spec.origin).parent.glob("_C*.so")):
+        try:
+            torch.ops.load_library(str(lib))
+        except OSError:
+            print(f"[setup]   removing torchao/{lib.name}: it does not load with torch {torch.__version__}")
+            lib.unlink()
+PY
 echo "$want" > "$stamp"
 "$venv/bin/python" - <<'PY'
 import importlib.metadata as md
@@ -33,3 +52,4 @@ for name in ("torch", "transformers", "trl", "peft", "datasets", "axolotl"):
     except md.PackageNotFoundError:
         pass
 PY
+echo "[setup] $venv ready in ${SECONDS} s"
