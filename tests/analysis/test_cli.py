@@ -25,9 +25,13 @@ def _run(tmp_path, models, texts, out_name="out", extra=()):
     return out, json.loads((out / "silhouette.json").read_text())
 
 
+def _settings(out):
+    return json.loads((out / "settings.json").read_text())
+
+
 def test_cli_two_models_writes_json_and_pngs(tmp_path, tiny_model_dir, perturbed_model_dir, texts_jsonl, capsys):
     out, data = _run(tmp_path, [tiny_model_dir, perturbed_model_dir], texts_jsonl, extra=["--names", "base", "noisy"])
-    assert set(data) == {"config", "base", "noisy"}
+    assert set(data) == {"base", "noisy"}  # one entry per model, nothing else
     for name in ("base", "noisy"):
         entry = data[name]
         assert set(entry) == {"mean", "std", "n_pairs", "pairs"}
@@ -39,7 +43,7 @@ def test_cli_two_models_writes_json_and_pngs(tmp_path, tiny_model_dir, perturbed
         assert entry["std"] >= 0
     assert [p["tokens"] for p in data["base"]["pairs"]] == [p["tokens"] for p in data["noisy"]["pairs"]]
     assert data["base"]["pairs"] != data["noisy"]["pairs"]  # different weights, different numbers
-    cfg = data["config"]
+    cfg = _settings(out)
     assert cfg["seed"] == 0 and cfg["pairs"] == 30 and cfg["top_tokens"] == 12 and cfg["n_pairs"] == 30
     assert len(cfg["tokens"]) == 12 and all(isinstance(t["text"], str) for t in cfg["tokens"])
     assert cfg["models"] == {"base": str(tiny_model_dir), "noisy": str(perturbed_model_dir)}
@@ -94,6 +98,12 @@ def test_cli_prints_warnings_and_min_count(tmp_path, tiny_model_dir, texts_jsonl
     assert "3 pairs of 3 tokens" in captured.out
     with pytest.raises(Exception, match="min_count must be >= 2"):
         analyze([tiny_model_dir], texts_jsonl, None, min_count=1, progress=False)
+
+
+def test_a_model_may_be_named_config(tmp_path, tiny_model_dir, texts_jsonl):
+    out, data = _run(tmp_path, [tiny_model_dir], texts_jsonl, extra=["--names", "config", "--plots", "0"])
+    assert set(data) == {"config"} and data["config"]["n_pairs"] == 30
+    assert _settings(out)["models"] == {"config": str(tiny_model_dir)}
 
 
 def test_cli_errors_are_clear(tmp_path, tiny_model_dir, texts_jsonl, capsys):

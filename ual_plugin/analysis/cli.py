@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="jsonl with `text`, `messages` or alpaca fields; a .json array; or a plain "
                              "text file (one text per non-empty line)")
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder: silhouette.json, silhouette.png, pca_<i>.png")
+                        help="output folder: silhouette.json, settings.json, silhouette.png, pca_<i>.png")
     parser.add_argument("--pairs", type=int, metavar="N", default=100, help="number of random token pairs (default 100)")
     parser.add_argument("--top-tokens", type=int, metavar="N", default=42,
                         help="draw pairs among the N most frequent next tokens (default 42)")
@@ -86,5 +86,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{cfg['n_pairs']} pairs of {len(cfg['tokens'])} tokens, {cfg['n_texts']} texts, seed {cfg['seed']}")
     print(result.table())
     n_plots = min(args.plots, len(result.pairs))
-    print(f"wrote {Path(args.out) / 'silhouette.json'}, silhouette.png and {n_plots} pca_<i>.png")
+    print(f"wrote {Path(args.out) / 'silhouette.json'}, settings.json, silhouette.png and {n_plots} pca_<i>.png")
     return 0

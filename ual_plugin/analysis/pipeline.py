@@ -83,11 +83,8 @@ class AnalysisResult:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        """The content of ``silhouette.json``: ``{"config": ..., "<model name>": {...}, ...}``."""
-        out: dict[str, Any] = {"config": self.config}
-        for m in self.models:
-            out[m.name] = m.to_dict()
-        return out
+        """The content of ``silhouette.json``: ``{"<model name>": {...}, ...}``, one entry per model only."""
+        return {m.name: m.to_dict() for m in self.models}
 
     def table(self) -> str:
         """A short plain-text table: model, mean, std, n_pairs."""
@@ -108,8 +105,6 @@ def _model_names(models: Sequence[str | Path], names: Sequence[str] | None) -> l
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise AnalysisError(f"model name {dup!r} is used twice; give distinct names (--names)")
-    if "config" in names:
-        raise AnalysisError("'config' is reserved for the settings block of silhouette.json; rename the model (--names)")
     return names
 
 
@@ -170,8 +165,8 @@ def analyze(
     with ``numpy.random.default_rng(seed)``; per model, collect the LM-head input features at (at
     most ``max_per_token`` seeded-random) positions predicting those tokens, and for each pair fit a
     2-D PCA and compute the silhouette coefficient with the two tokens as clusters.
-    Writes ``silhouette.json``, ``silhouette.png`` and ``pca_<i>.png`` (``plots`` pairs) to
-    ``out_dir`` when given.
+    Writes ``silhouette.json`` (one entry per model), ``settings.json`` (the run's settings and
+    tokens), ``silhouette.png`` and ``pca_<i>.png`` (``plots`` pairs) to ``out_dir`` when given.
     """
     if not models:
         raise AnalysisError("give at least one model")
@@ -250,7 +245,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 def write_outputs(result: AnalysisResult, out_dir: str | Path, plots: int = 3) -> dict[str, Path]:
-    """Write ``silhouette.json``, ``silhouette.png`` and ``pca_1.png`` ... ``pca_<plots>.png`` to ``out_dir``."""
+    """Write ``silhouette.json``, ``settings.json``, ``silhouette.png`` and ``pca_1.png`` ... ``pca_<plots>.png``."""
     from ual_plugin.analysis.plots import plot_pair_pca, plot_silhouette_summary
 
     out = Path(out_dir)
@@ -260,6 +255,10 @@ def write_outputs(result: AnalysisResult, out_dir: str | Path, plots: int = 3) -
     json_path.write_text(json.dumps(_json_safe(result.to_dict()), indent=2, ensure_ascii=False) + "\n",
                          encoding="utf-8")
     written["json"] = json_path
+    settings_path = out / "settings.json"
+    settings_path.write_text(json.dumps(_json_safe(result.config), indent=2, ensure_ascii=False) + "\n",
+                             encoding="utf-8")
+    written["settings"] = settings_path
     written["summary"] = plot_silhouette_summary(
         [m.name for m in result.models], [m.mean for m in result.models], [m.std for m in result.models],
         out / "silhouette.png",
