@@ -1,19 +1,178 @@
+"""The UAL loss inside a causal LM's forward: reference values and gradients, MoE router loss, PEFT heads."""
+
+from __future__ import annotations
+
+import inspect
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from ual_plugin.causal_lm import SmoothingWindow, UALLossOutput, refuse_sharded_head
+transformers = pytest.importorskip("transformers")
+
+from ual_plugin.causal_lm import UALRequest, install_ual_forward, ual_request  # noqa: E402
+from ual_plugin.ppl import PPLSmoother  # noqa: E402
+
+V = 97
 
 
-def test_refuses_fsdp_with_a_clear_message():
-    with pytest.raises(ValueError, match="ual does not support FSDP"):
-        refuse_sharded_head(True)
-    refuse_sharded_head(False)  # plain DDP / single process: fine
+def tiny_llama(tie: bool = False) -> torch.nn.Module:
+    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=tie)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg)
 
 
-def test_smoothing_window_is_token_weighted_and_resets():
-    w = SmoothingWindow()
-    w.add("train", UALLossOutput(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(10), torch.tensor(4)))
-    w.add("train", UALLossOutput(torch.tensor(0.0), torch.tensor(3.0), torch.tensor(10), torch.tensor(6)))
-    assert w.pop("train") == pytest.approx({"ual_smoothing": 0.2, "mean_token_accuracy": 0.5})
-    assert w.pop("train") == {}
-    assert w.pop("eval") == {}
+def batch(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (3, 10), generator=g)
+    labels = ids.clone()
+    labels[:, :3] = -100
+    labels[2, 7:] = -100
+    smoothing = torch.rand(3, 10, generator=g) * 0.6
+    return ids, labels, smoothing
+
+
+def reference(logits: torch.Tensor, labels: torch.Tensor, smoothing: torch.Tensor, num_items: int) -> torch.Tensor:
+    """Sum of torch's label-smoothed CE over label tokens, one token at a time, / num_items."""
+    z, t, e = logits[:, :-1], labels[:, 1:], smoothing[:, 1:]
+    total = sum(F.cross_entropy(z[r, c : c + 1], t[r, c : c + 1], label_smoothing=float(e[r, c]), reduction="sum")
+                for r, c in (t != -100).nonzero().tolist())
+    return total / num_items
+
+
+def ual_forward(model, ids, labels, request, num_items=None, **kwargs):
+    with ual_request(request):
+        return model(input_ids=ids, labels=labels, num_items_in_batch=num_items, **kwargs)
+
+
+def assert_same_grads(loss_a, loss_b, params, rtol=1e-5):
+    ga = torch.autograd.grad(loss_a, params, allow_unused=True)
+    gb = torch.autograd.grad(loss_b, params, allow_unused=True)
+    checked = 0
+    for a, b in zip(ga, gb, strict=True):
+        if b is None:
+            assert a is None or not a.any()
+            continue
+        assert float((a - b).norm() / b.norm().clamp(min=1e-30)) < rtol
+        checked += 1
+    assert checked > 0
+
+
+def test_without_a_request_the_model_is_unchanged():
+    model = tiny_llama()
+    ids, labels, _ = batch()
+    before = model(input_ids=ids, labels=labels)
+    lm = install_ual_forward(model)
+    assert lm is model and install_ual_forward(model) is model  # idempotent
+    after = model(input_ids=ids, labels=labels)
+    torch.testing.assert_close(after.logits, before.logits, rtol=0, atol=0)
+    torch.testing.assert_close(after.loss, before.loss, rtol=0, atol=0)
+    # trainers read the forward's signature to decide which batch columns to keep
+    assert list(inspect.signature(model.forward).parameters) == list(
+        inspect.signature(type(model).forward).parameters)[1:]
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_loss_and_gradients_match_torch_on_full_logits(tie):
+    model = tiny_llama(tie)
+    ids, labels, smoothing = batch()
+    ref = reference(model(input_ids=ids).logits, labels, smoothing, 17)
+    install_ual_forward(model)
+    request = UALRequest(smoothing=smoothing)
+    out = ual_forward(model, ids, labels, request, num_items=torch.tensor(17))
+    torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-6)
+    assert out.logits.shape[1] == 1  # the model's own projection covered one position only
+    n = int((labels[:, 1:] != -100).sum())
+    assert int(request.stats["n_tokens"]) == n
+    expected_sum = float((smoothing[:, 1:] * (labels[:, 1:] != -100)).sum())
+    assert float(request.stats["smoothing_sum"]) == pytest.approx(expected_sum, rel=1e-6)
+    assert_same_grads(out.loss, ref, list(model.parameters()))
+
+
+def test_without_num_items_the_loss_is_the_mean_over_label_tokens():
+    model = tiny_llama()
+    ids, labels, smoothing = batch()
+    n = int((labels[:, 1:] != -100).sum())
+    ref = reference(model(input_ids=ids).logits, labels, smoothing, n)
+    install_ual_forward(model)
+    out = ual_forward(model, ids, labels, UALRequest(smoothing=smoothing))
+    torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_ppl_mode_uses_each_rows_perplexity_and_updates_only_in_training():
+    model = tiny_llama()
+    ids, labels, _ = batch()
+    logits = model(input_ids=ids).logits
+    t = labels[:, 1:]
+    mask = t != -100
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V), t.reshape(-1), reduction="none", ignore_index=-100)
+    ppl = torch.exp((nll.reshape(t.shape) * mask).sum(1) / mask.sum(1))
+    per_row = (0.3 * ppl / ppl.mean()).clamp(max=0.99).detach()
+    ref = reference(logits, labels, per_row[:, None].expand_as(labels), 20)
+    install_ual_forward(model)
+    smoother = PPLSmoother(alpha=0.3)
+    out = ual_forward(model, ids, labels, UALRequest(ppl=smoother), num_items=torch.tensor(20))
+    torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-6)
+    assert smoother.count == 3 and smoother.running_mean == pytest.approx(float(ppl.mean()), rel=1e-5)
+    with torch.no_grad():
+        ual_forward(model, ids, labels, UALRequest(ppl=smoother, update_ppl=False))
+    assert smoother.count == 3  # evaluation leaves the training mean alone
+
+
+MOE = {
+    "mixtral": lambda: transformers.MixtralConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, output_router_logits=True,
+        router_aux_loss_coef=0.5, max_position_embeddings=64),
+    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
+        shared_expert_intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        num_experts=4, num_experts_per_tok=2, output_router_logits=True, router_aux_loss_coef=0.5,
+        max_position_embeddings=64),
+}
+
+
+@pytest.mark.parametrize("family", sorted(MOE))
+def test_moe_router_loss_is_added_as_the_model_adds_it(family):
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(MOE[family]())
+    ids, labels, _ = batch()
+    n = torch.tensor(int((labels[:, 1:] != -100).sum()))
+    own = model(input_ids=ids, labels=labels, num_items_in_batch=n)
+    assert own.aux_loss is not None and float(own.aux_loss) > 0
+    install_ual_forward(model)
+    out = ual_forward(model, ids, labels, UALRequest(smoothing=torch.zeros(labels.shape)), num_items=n)
+    torch.testing.assert_close(out.loss, own.loss, rtol=1e-5, atol=1e-6)
+    assert_same_grads(out.loss, own.loss, [p for p in model.parameters() if p.requires_grad])
+
+
+def test_context_parallel_batches_are_refused():
+    model = tiny_llama()
+    ids, labels, smoothing = batch()
+    install_ual_forward(model)
+    with pytest.raises(ValueError, match="context / sequence parallelism"):
+        ual_forward(model, ids, labels, UALRequest(smoothing=smoothing), shift_labels=labels[:, 1:])
+
+
+def test_lora_on_lm_head_is_refused_with_the_reason():
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(ValueError, match="LoRA adapter on lm_head.*bypassed"):
+        install_ual_forward(model)
+
+
+def test_modules_to_save_lm_head_trains_the_copy():
+    peft = pytest.importorskip("peft")
+    base = tiny_llama()
+    ids, labels, smoothing = batch()
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    ref = reference(model(input_ids=ids).logits, labels, smoothing, 17)
+    install_ual_forward(model)
+    out = ual_forward(model, ids, labels, UALRequest(smoothing=smoothing), num_items=torch.tensor(17))
+    torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-6)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    head_copy = base.lm_head.modules_to_save["default"].weight
+    assert any(p is head_copy for p in trainable)
+    assert_same_grads(out.loss, ref, trainable)

@@ -1,21 +1,65 @@
-"""UAL loss from a Hugging Face causal LM's hidden states, without building the full logits.
+"""The UAL loss inside a causal LM's forward, computed by a call of its LM-head module.
 
-The model runs through its (possibly DDP / PEFT / accelerate-wrapped) forward with
-``logits_to_keep=1`` so the LM head projects one position only; a forward hook on the backbone
-captures the final hidden states, and ``linear_smoothed_cross_entropy`` does the rest chunk by
-chunk. Shared by the TRL and Axolotl trainers.
+``install_ual_forward(model)`` wraps the causal LM's ``forward`` once. While a ``UALRequest`` is
+active (``with ual_request(request): model(**batch)``), that forward runs the model with
+``logits_to_keep=1``, then calls the LM-head *module* with the final hidden states, and the head
+returns the summed UAL loss instead of logits (``linear_smoothed_cross_entropy``, never the
+``[tokens, vocab]`` logits). The loss comes back as ``outputs.loss`` (sum / ``num_items_in_batch``,
+plus the MoE router loss as the model adds it).
+
+Why a module call: every engine gathers a sharded head there and hooks its backward on the
+call's output (FSDP1 units, FSDP2, DeepSpeed ZeRO-3), and PEFT's ``modules_to_save`` wrapper
+routes it to the trained copy; a loss computed after ``model()`` from ``lm_head.weight`` sees a
+shard. The per-token smoothing travels in the request, not as a forward argument, so mixed
+precision policies that cast float inputs never round it. Without a request the model is unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import types
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ual_plugin.data import segment_ids
 from ual_plugin.loss import linear_smoothed_cross_entropy
+from ual_plugin.ppl import PPLSmoother, ppl_token_smoothing
+
+
+@dataclass
+class UALRequest:
+    """One batch's UAL inputs, set around ``model(**batch)``; the forward fills ``stats``.
+
+    ``smoothing``: per-token values laid out like ``labels`` (column mode), or ``ppl``: the
+    smoother that derives them from each sample's perplexity (PPL mode; ``update_ppl`` only while
+    training). ``backend``: "chunked" or "trl_fused" (TRL's fused log-prob head, unsharded only).
+    """
+
+    smoothing: torch.Tensor | None = None
+    ppl: PPLSmoother | None = None
+    update_ppl: bool = True
+    backend: str = "chunked"
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    _head: _HeadCall | None = None
+
+
+_REQUEST: ContextVar[UALRequest | None] = ContextVar("ual_request", default=None)
+
+
+@contextmanager
+def ual_request(request: UALRequest) -> Iterator[UALRequest]:
+    """Make ``request`` the one the UAL forward serves while the block runs."""
+    token = _REQUEST.set(request)
+    try:
+        yield request
+    finally:
+        _REQUEST.reset(token)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -27,31 +71,14 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-@dataclass
-class HeadParams:
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    softcap: float | None
-    logit_scale: float
-
-
 def _text_config(model: torch.nn.Module) -> Any:
     config = model.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def head_params(model: torch.nn.Module) -> HeadParams:
-    """LM-head weight/bias plus the logit post-processing the model's own head applies."""
-    lm = unwrap_model(model)
-    head = lm.get_output_embeddings()
-    if head is None or not hasattr(head, "weight"):
-        raise ValueError("UAL needs a causal LM with an output embedding (lm_head); this model has none")
-    if hasattr(head, "base_layer") or hasattr(head, "lora_A"):
-        raise ValueError(
-            "UAL computes the loss from lm_head.weight directly, so a PEFT adapter on lm_head would never be "
-            "trained. Remove 'lm_head' from the LoRA target modules (or use modules_to_save instead)."
-        )
-    cfg = _text_config(lm)
+def logit_transform(model: torch.nn.Module) -> tuple[float | None, float]:
+    """(soft-cap, scale) that the model's own head applies to its logits, read from its config."""
+    cfg = _text_config(unwrap_model(model))
     scale = getattr(cfg, "logit_scale", None)
     if scale is None:
         scale = getattr(cfg, "output_multiplier", None)
@@ -60,12 +87,7 @@ def head_params(model: torch.nn.Module) -> HeadParams:
     if scale is None and getattr(cfg, "logits_scaling", None) is not None:
         scale = cfg.logits_scaling if getattr(cfg, "model_type", "") == "hyperclovax" else 1.0 / cfg.logits_scaling
     softcap = getattr(cfg, "final_logit_softcapping", None)
-    return HeadParams(
-        weight=head.weight,
-        bias=getattr(head, "bias", None),
-        softcap=float(softcap) if softcap else None,
-        logit_scale=1.0 if scale is None else float(scale),
-    )
+    return (float(softcap) if softcap else None), (1.0 if scale is None else float(scale))
 
 
 def _backbone(lm: torch.nn.Module) -> torch.nn.Module:
@@ -78,14 +100,12 @@ def _backbone(lm: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextmanager
-def _capture_hidden(backbone: torch.nn.Module):
+def _capture_hidden(backbone: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     box: dict[str, torch.Tensor] = {}
 
     def hook(_module, _args, output):
         hidden = getattr(output, "last_hidden_state", None)
-        if hidden is None:
-            hidden = output[0]
-        box["hidden"] = hidden
+        box["hidden"] = output[0] if hidden is None else hidden
 
     handle = backbone.register_forward_hook(hook)
     try:
@@ -94,221 +114,188 @@ def _capture_hidden(backbone: torch.nn.Module):
         handle.remove()
 
 
-def _accepts(model: torch.nn.Module, name: str) -> bool:
-    params = inspect.signature(model.forward).parameters
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
-def forward_hidden_states(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-    """Run ``model(**inputs)`` (no labels) and return (final hidden states [B, T, H], model outputs)."""
-    lm = unwrap_model(model)
-    kwargs = dict(inputs)
-    kwargs.pop("labels", None)
-    kwargs["use_cache"] = False
-    if _accepts(lm, "logits_to_keep"):
-        kwargs["logits_to_keep"] = 1
-    with _capture_hidden(_backbone(lm)) as box:
-        outputs = model(**kwargs)
-    if "hidden" not in box:
-        raise RuntimeError("UAL could not capture the model's final hidden states (backbone forward not called)")
-    return box["hidden"], outputs
+def _add(stats: dict[str, torch.Tensor], **values: torch.Tensor) -> None:
+    for key, value in values.items():
+        value = value.detach()
+        stats[key] = value if key not in stats else stats[key] + value.to(stats[key].device)
 
 
 @dataclass
-class UALLossOutput:
-    loss: torch.Tensor
-    smoothing_sum: torch.Tensor  # sum of smoothing over label tokens (for logging)
-    n_tokens: torch.Tensor  # label tokens in this micro-batch
-    n_correct: torch.Tensor  # label tokens that are the model's top-1 prediction
+class _HeadCall:
+    """What the head needs to turn hidden states into the summed UAL loss."""
+
+    request: UALRequest
+    targets: torch.Tensor  # [B, T-1], already shifted
+    position_ids: torch.Tensor | None
+    softcap: float | None
+    logit_scale: float
+
+    def token_smoothing(self, head: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        request = self.request
+        if request.ppl is None:
+            return request.smoothing[:, 1:].to(device=hidden.device, dtype=torch.float32)
+        with torch.no_grad():
+            bias = None if head.bias is None else head.bias.detach()
+            nll = linear_smoothed_cross_entropy(
+                hidden.detach(), head.weight.detach(), self.targets, 0.0, bias=bias, reduction="none",
+                softcap=self.softcap, logit_scale=self.logit_scale,
+            )
+            shape = (self.targets.shape[0], self.targets.shape[1] + 1)
+            segments = segment_ids(self.position_ids, shape, hidden.device)[:, 1:]
+            return ppl_token_smoothing(request.ppl, nll, segments, mask, update=request.update_ppl)
+
+    def loss(self, head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        self.targets = self.targets.to(hidden.device)
+        mask = self.targets != -100
+        eps = self.token_smoothing(head, hidden, mask)
+        stats: dict[str, Any] = {}
+        total = linear_smoothed_cross_entropy(
+            hidden, head.weight, self.targets, eps, bias=head.bias, reduction="sum",
+            softcap=self.softcap, logit_scale=self.logit_scale, stats=stats,
+        )
+        _add(
+            self.request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(),
+            n_correct=torch.as_tensor(stats.get("n_correct", 0), device=hidden.device),
+        )
+        return total
 
 
-def shifted(labels: torch.Tensor, *per_token: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Next-token alignment: position t predicts label t+1; per-token values follow the label."""
-    return (labels[..., 1:],) + tuple(t[..., 1:] for t in per_token)
+def _head_forward(self: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head's forward: its usual projection, or the summed UAL loss during a UAL head call."""
+    request = _REQUEST.get()
+    call = None if request is None else request._head
+    if call is None:
+        return self._ual_plain_forward(hidden)
+    return call.loss(self, hidden)
 
 
-def causal_lm_ual_loss(
-    model: torch.nn.Module,
-    hidden: torch.Tensor,
-    labels: torch.Tensor,
-    token_smoothing: torch.Tensor,
-    num_items_in_batch: torch.Tensor | int | None = None,
-    ignore_index: int = -100,
-) -> UALLossOutput:
-    """UAL loss of a causal LM: sum over label tokens / ``num_items_in_batch`` (else their count).
+def _router_aux_loss(lm: torch.nn.Module, outputs: Any, loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` plus the MoE router loss, weighted as the model's own forward weights it."""
+    aux = getattr(outputs, "aux_loss", None)
+    if aux is None:
+        return loss
+    coef = getattr(lm, "router_aux_loss_coef", None)
+    if coef is None:
+        coef = getattr(_text_config(lm), "router_aux_loss_coef", None)
+    if coef is None:
+        raise ValueError(f"{type(lm).__name__} returned a router aux loss but has no router_aux_loss_coef")
+    return loss + coef * aux.to(loss.device)
 
-    ``token_smoothing`` is laid out like ``labels`` (the smoothing of the sample owning each token).
-    """
-    head = head_params(model)
-    tgt, eps = shifted(labels, token_smoothing)
-    h = hidden[:, :-1, :].to(head.weight.device)
-    tgt = tgt.to(head.weight.device)
-    eps = eps.to(device=head.weight.device, dtype=torch.float32)
-    stats: dict = {}
-    total = linear_smoothed_cross_entropy(
-        h,
-        head.weight,
-        tgt,
-        eps,
-        bias=head.bias,
-        ignore_index=ignore_index,
-        reduction="sum",
-        softcap=head.softcap,
-        logit_scale=head.logit_scale,
-        stats=stats,
-    )
-    mask = tgt != ignore_index
-    n_tokens = mask.sum()
-    denom = num_items_in_batch if num_items_in_batch is not None else n_tokens.clamp(min=1)
+
+def _normalise(total: torch.Tensor, num_items: Any, n_tokens: torch.Tensor) -> torch.Tensor:
+    denom = n_tokens.clamp(min=1) if num_items is None else num_items
     if isinstance(denom, torch.Tensor):
         denom = denom.to(total.device)
-    return UALLossOutput(
-        loss=total / denom,
-        smoothing_sum=(eps * mask).sum().detach(),
-        n_tokens=n_tokens.detach(),
-        n_correct=torch.as_tensor(stats.get("n_correct", 0), device=total.device),
-    )
+    return total / denom
 
 
-def has_trl_fused_head(model: torch.nn.Module) -> bool:
-    """Whether TRL (>= 1.16) patched this model's forward with its fused, chunked log-prob head."""
-    forward = getattr(unwrap_model(model).forward, "__func__", None)
-    return forward is not None and "fused_lm_head" in forward.__code__.co_varnames
-
-
-def _trl_fused_loss(
-    model: torch.nn.Module,
-    model_inputs: dict[str, Any],
-    labels: torch.Tensor,
-    token_eps: torch.Tensor | None,
-    num_items_in_batch: torch.Tensor | int | None,
-    ppl_smoother: Any,
-) -> tuple[UALLossOutput, Any]:
-    """UAL riding on TRL's fused log-prob head: loss_t = -log p(y_t) + e_t * (z_y - mean_k z_k).
-
-    The correction is linear in the logits, so with z = s * (h W^T + b) it is
-    s * (h . (W[y] - mean_v W) + b[y] - mean(b)): O(tokens x hidden) on top of TRL's own kernel,
-    exact whenever the head has no soft-capping (the caller checks).
-    """
-    from ual_plugin.data import segment_ids
-    from ual_plugin.ppl import ppl_token_smoothing
-
-    lm = unwrap_model(model)
-    head = head_params(model)
+def _chunked_forward(lm, request: UALRequest, args: tuple, kwargs: dict, labels, num_items) -> Any:
+    if lm._ual_accepts_logits_to_keep:
+        kwargs["logits_to_keep"] = 1  # the model's own projection then covers one position only
     with _capture_hidden(_backbone(lm)) as box:
-        outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
+        outputs = lm._ual_original_forward(*args, **kwargs)
+    if "hidden" not in box:
+        raise RuntimeError("UAL could not capture the model's final hidden states (backbone forward not called)")
+    softcap, scale = lm._ual_logit_transform
+    request._head = _HeadCall(request, labels[:, 1:], kwargs.get("position_ids"), softcap, scale)
+    try:
+        total = lm.get_output_embeddings()(box["hidden"][:, :-1])
+    finally:
+        request._head = None
+    outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]))
+    return outputs
+
+
+def _trl_fused_forward(lm, request: UALRequest, args: tuple, kwargs: dict, labels, num_items) -> Any:
+    """UAL on TRL's fused log-prob head: -log p(y) + e * (z_y - mean_k z_k), the second term linear in z.
+
+    With z = s * (h W^T + b) the correction is s * (h . (W[y] - mean_v W) + b[y] - mean(b)):
+    O(tokens x hidden) on TRL's kernel. Reads the head weight directly, so only unsharded.
+    """
+    with _capture_hidden(_backbone(lm)) as box:
+        outputs = lm._ual_original_forward(*args, labels=labels, fused_lm_head=True, **kwargs)
+    head = lm.get_output_embeddings()
     hidden = box["hidden"][:, :-1].to(head.weight.device)
     tgt = labels[:, 1:].to(head.weight.device)
     mask = tgt != -100
-    if ppl_smoother is not None:
-        segments = segment_ids(model_inputs.get("position_ids"), labels.shape, tgt.device)[:, 1:]
-        eps = ppl_token_smoothing(ppl_smoother, -outputs.log_probs.detach(), segments, mask)
+    if request.ppl is not None:
+        segments = segment_ids(kwargs.get("position_ids"), labels.shape, tgt.device)[:, 1:]
+        eps = ppl_token_smoothing(request.ppl, -outputs.log_probs.detach(), segments, mask, update=request.update_ppl)
     else:
-        eps = token_eps[:, 1:].to(device=tgt.device, dtype=torch.float32)
-    rows = mask.nonzero(as_tuple=True)
-    y = tgt[rows]
+        eps = request.smoothing[:, 1:].to(device=tgt.device, dtype=torch.float32)
+    safe = torch.where(mask, tgt, torch.zeros_like(tgt))
     w = head.weight
-    direction = w.index_select(0, y).float() - w.float().mean(0)
-    correction = (hidden[rows].float() * direction).sum(-1)
+    direction = w[safe].float() - w.mean(0, dtype=torch.float32)
+    correction = (hidden.float() * direction).sum(-1)
     if head.bias is not None:
-        correction = correction + head.bias.index_select(0, y).float() - head.bias.float().mean()
-    correction = correction * head.logit_scale
-    total = -outputs.log_probs.float().sum() + (eps[rows] * correction).sum()
-    n_tokens = mask.sum()
-    denom = num_items_in_batch if num_items_in_batch is not None else n_tokens.clamp(min=1)
-    if isinstance(denom, torch.Tensor):
-        denom = denom.to(total.device)
+        correction = correction + head.bias[safe].float() - head.bias.mean(dtype=torch.float32)
+    correction = correction * lm._ual_logit_transform[1]
+    total = -outputs.log_probs.float().sum() + (eps * correction * mask).sum()
     is_top1 = getattr(outputs, "is_top1", None)
     n_correct = (is_top1 & mask).sum() if is_top1 is not None else torch.zeros((), device=total.device)
-    out = UALLossOutput(loss=total / denom, smoothing_sum=(eps * mask).sum().detach(), n_tokens=n_tokens.detach(),
-                        n_correct=n_correct.detach())
-    return out, outputs
+    _add(request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(), n_correct=n_correct)
+    outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]))
+    return outputs
 
 
-def ual_batch_loss(
-    model: torch.nn.Module,
-    inputs: dict[str, Any],
-    num_items_in_batch: torch.Tensor | int | None = None,
-    ppl_smoother: Any = None,
-    loss_scale: float = 1.0,
-    backend: str = "chunked",
-) -> tuple[UALLossOutput, Any, dict[str, Any]]:
-    """A trainer's UAL loss for one collated batch: (loss output, model outputs, model inputs).
+def _ual_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    request = _REQUEST.get()
+    if request is None:
+        return self._ual_original_forward(*args, **kwargs)
+    if kwargs.get("shift_labels") is not None:
+        raise ValueError(
+            "UAL does not support context / sequence parallelism (the batch carries `shift_labels`): each rank would "
+            "hold part of a sample, while UAL's smoothing is per sample. Train without context parallelism."
+        )
+    labels = kwargs.pop("labels", None)
+    num_items = kwargs.pop("num_items_in_batch", None)
+    if labels is None:
+        raise ValueError("UAL: the batch reached the model without `labels`")
+    kwargs["use_cache"] = False
+    if request.backend == "trl_fused":
+        return _trl_fused_forward(self, request, args, kwargs, labels, num_items)
+    if request.backend != "chunked":
+        raise ValueError(f"unknown UAL loss backend {request.backend!r}; expected 'chunked' or 'trl_fused'")
+    return _chunked_forward(self, request, args, kwargs, labels, num_items)
 
-    Column mode reads the batch's per-token ``ual_smoothing``; with a ``PPLSmoother`` the smoothing
-    comes from each sample's perplexity instead. ``loss_scale`` multiplies the loss (the number of
-    processes, when ``num_items_in_batch`` counts every rank's tokens and DDP averages gradients).
-    ``backend``: "chunked" (our own head, everywhere) or "trl_fused" (TRL >= 1.16's fused head plus
-    the linear correction; no soft-capping).
+
+def _check_head(head: torch.nn.Module | None) -> None:
+    if head is None or not any("weight" in m._parameters for m in head.modules()):
+        raise ValueError("UAL needs a causal LM with an output embedding (lm_head); this model has none")
+    if any(hasattr(m, "lora_A") or hasattr(m, "base_layer") for m in head.modules()):
+        raise ValueError(
+            "UAL computes the loss from the LM head as one dense matrix, so a LoRA adapter on lm_head itself would "
+            "be bypassed and never trained. Remove 'lm_head' from the LoRA target modules (train it fully with "
+            "modules_to_save=['lm_head'] instead, or leave it frozen)."
+        )
+
+
+def install_ual_forward(model: torch.nn.Module) -> torch.nn.Module:
+    """Put the UAL loss entry on the causal LM inside ``model`` (idempotent); returns that LM.
+
+    Call it on the unwrapped model (PEFT wrappers are fine), before DDP / FSDP / DeepSpeed wrap it.
+    ``forward`` keeps its signature, so trainers still see which batch columns the model takes.
     """
-    from ual_plugin.data import TOKEN_COLUMN
-    from ual_plugin.ppl import ppl_smoothing_from_hidden
+    lm = unwrap_model(model)
+    if "_ual_original_forward" in lm.__dict__:
+        return lm
+    head = lm.get_output_embeddings()
+    _check_head(head)
+    for leaf in head.modules():  # the module(s) holding the weight: one, or PEFT's original + trained copies
+        if "weight" in leaf._parameters and "_ual_plain_forward" not in leaf.__dict__:
+            leaf._ual_plain_forward = leaf.forward
+            leaf.forward = types.MethodType(_head_forward, leaf)
+    signature = inspect.signature(type(lm).forward).parameters
+    lm._ual_accepts_logits_to_keep = "logits_to_keep" in signature
+    lm._ual_logit_transform = logit_transform(lm)
 
-    labels = inputs["labels"]
-    token_eps = inputs.get(TOKEN_COLUMN)
-    model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", TOKEN_COLUMN)}
-    if ppl_smoother is None and token_eps is None:
-        raise ValueError(
-            f"UAL column mode: the batch has no '{TOKEN_COLUMN}' tensor (was the data collator replaced after the "
-            "trainer was built?)"
-        )
-    if backend == "trl_fused":
-        out, outputs = _trl_fused_loss(model, model_inputs, labels, token_eps, num_items_in_batch, ppl_smoother)
-        if loss_scale != 1.0:
-            out.loss = out.loss * loss_scale
-        return out, outputs, model_inputs
-    if backend != "chunked":
-        raise ValueError(f"unknown UAL loss backend {backend!r}; expected 'chunked' or 'trl_fused'")
-    hidden, outputs = forward_hidden_states(model, model_inputs)
-    if ppl_smoother is not None:
-        token_eps = ppl_smoothing_from_hidden(ppl_smoother, model, hidden, labels, inputs.get("position_ids"))
-    out = causal_lm_ual_loss(model, hidden, labels, token_eps, num_items_in_batch)
-    if loss_scale != 1.0:
-        out.loss = out.loss * loss_scale
-    return out, outputs, model_inputs
+    @functools.wraps(type(lm).forward)
+    def forward(self, *args, **kwargs):
+        return _ual_forward(self, *args, **kwargs)
+
+    lm._ual_original_forward = lm.forward
+    lm.forward = types.MethodType(forward, lm)
+    return lm
 
 
-class SmoothingWindow:
-    """Per-mode running sums (smoothing, label tokens, top-1 hits) between two log calls.
-
-    Kept on the device, so a training step adds no host sync; summed over processes only when
-    read, from ``Trainer.log``, which every rank calls.
-    """
-
-    def __init__(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
-
-    def add(self, mode: str, out: UALLossOutput) -> None:
-        stats = torch.stack([out.smoothing_sum.double(), out.n_tokens.double(), out.n_correct.double()])
-        current = self._sums.get(mode)
-        self._sums[mode] = stats if current is None else current + stats.to(current.device)
-
-    def pop(self, mode: str, accelerator: Any = None) -> dict[str, float]:
-        """{'ual_smoothing': ..., 'mean_token_accuracy': ...} over the window (empty if no tokens)."""
-        sums = self._sums.pop(mode, None)
-        if sums is None:
-            sums = torch.zeros(3, dtype=torch.float64)
-        if accelerator is not None and accelerator.num_processes > 1:
-            sums = accelerator.reduce(sums.to(accelerator.device), "sum")
-        total, count, correct = (float(x) for x in sums)
-        if count <= 0:
-            return {}
-        return {"ual_smoothing": total / count, "mean_token_accuracy": correct / count}
-
-
-def refuse_sharded_head(is_fsdp_enabled: bool) -> None:
-    """UAL reads lm_head.weight outside the model's forward: stop clearly where it stays sharded."""
-    if is_fsdp_enabled:
-        raise ValueError(
-            "ual does not support FSDP: the UAL loss reads lm_head.weight outside the model's forward, where FSDP "
-            "keeps it sharded. Use DDP or DeepSpeed ZeRO-1/2, or turn ual off."
-        )
-    try:
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-    except ImportError:  # pragma: no cover
-        return
-    if is_deepspeed_zero3_enabled():
-        raise ValueError(
-            "ual does not support DeepSpeed ZeRO-3: it partitions lm_head.weight, which the UAL loss reads outside "
-            "the model's forward. Use ZeRO-1/2 or DDP, or turn ual off."
-        )
+__all__ = ["UALRequest", "install_ual_forward", "logit_transform", "ual_request", "unwrap_model"]

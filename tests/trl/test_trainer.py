@@ -229,8 +229,9 @@ def test_trains_and_logs_ual_smoothing_with_eval_sets(tiny_model_dir, tmp_path):
     train_logs = [h["ual_smoothing"] for h in logs if "ual_smoothing" in h]
     assert len(train_logs) == 3
     assert all(0.05 < v < 0.5 for v in train_logs)
-    assert any("eval_with_ual_smoothing" in h and h["eval_with_ual_smoothing"] > 0 for h in logs)
-    assert any(h.get("eval_without_ual_smoothing") == 0.0 for h in logs)
+    # TRL logs each evaluation set's metrics next to its loss, with the plain eval_ prefix
+    assert any("eval_with_loss" in h and h["eval_ual_smoothing"] > 0 for h in logs)
+    assert any("eval_without_loss" in h and h["eval_ual_smoothing"] == 0.0 for h in logs)
     assert all(np.isfinite(h["loss"]) for h in logs if "loss" in h)
     assert all(0.0 <= h["mean_token_accuracy"] <= 1.0 and h["num_tokens"] > 0 for h in logs if "loss" in h)
 
@@ -331,11 +332,9 @@ def test_plain_text_dataset(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("mode", ["column", "ppl"])
 def test_trl_fused_backend_matches_chunked(tiny_model_dir, tmp_path, mode):
     """UAL riding on TRL's fused log-prob head (trl >= 1.16) equals UAL's own chunked head."""
-    from ual_plugin.causal_lm import has_trl_fused_head
-
     ds = prompt_completion(8)
     probe = trainer(tiny_model_dir, ds, tmp_path / "probe")
-    if not has_trl_fused_head(probe.model):
+    if not probe._ual_fused_head_available():
         with pytest.raises(ValueError, match="trl >= 1.16"):
             trainer(tiny_model_dir, ds, tmp_path / "f", ual_loss_backend="trl_fused")
         return
@@ -350,3 +349,42 @@ def test_trl_fused_backend_matches_chunked(tiny_model_dir, tmp_path, mode):
         results[backend] = (loss.detach(), torch.cat([g.flatten() for g in grads]))
     torch.testing.assert_close(results["trl_fused"][0], results["chunked"][0], rtol=1e-5, atol=1e-6)
     assert rel_err(results["trl_fused"][1], results["chunked"][1]) < 1e-5
+
+
+def test_no_trainer_internal_keyword_reaches_the_model(tiny_model_dir, tmp_path):
+    """evaluate(): SFTTrainer's private `_prediction_loss_only` note must not reach the model's forward."""
+    tr = trainer(tiny_model_dir, prompt_completion(8), tmp_path, eval_dataset=prompt_completion(6, seed=1),
+                 per_device_eval_batch_size=3)
+    seen: list[set] = []
+    original = tr.model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(set(kwargs))
+        return original(*args, **kwargs)
+
+    tr.model.forward = spy
+    metrics = tr.evaluate()
+    assert seen and "eval_ual_smoothing" in metrics
+    assert all(not any(k.startswith("_") for k in kw) for kw in seen), seen
+    assert all(TOKEN_COLUMN not in kw for kw in seen)  # the smoothing travels beside the call, never as an argument
+
+
+def test_ppl_running_mean_is_saved_and_restored_on_resume(tiny_model_dir, tmp_path):
+    ds = prompt_completion(16).remove_columns("uncertainty")
+    extra = dict(ual_mode="ppl", per_device_train_batch_size=4, save_strategy="steps", save_steps=2)
+    first = trainer(tiny_model_dir, ds, tmp_path, max_steps=2, **extra)
+    first.train()
+    saved = first._ual_ppl.state_dict()
+    assert saved["count"] == 8
+    resumed = trainer(tiny_model_dir, ds, tmp_path, max_steps=4, **extra)
+    assert resumed._ual_ppl.count == 0
+    resumed.train(resume_from_checkpoint=True)
+    # continues the same mean: the 8 samples before the checkpoint plus 8 after it
+    assert resumed._ual_ppl.count == 16
+    assert resumed._ual_ppl.state_dict()["total"] > saved["total"]
+    import json
+
+    from ual_plugin.trainer_core import STATE_FILE
+
+    stored = json.loads((tmp_path / "out" / "checkpoint-2" / STATE_FILE).read_text())["ppl"]
+    assert stored == pytest.approx(saved)

@@ -26,17 +26,23 @@ def rows(n=12):
     return [{"prompt": f"What is {i} plus {i}?", "completion": f" It is {2 * i}."} for i in range(n)]
 
 
-def test_ual_loss_on_stock_sft_trainer(tiny_model_dir, tmp_path):
+def test_ual_loss_on_stock_sft_trainer(tiny_model_dir, tmp_path, caplog):
     loss_fn = UALLoss(alpha=0.2)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     args = SFTConfig(output_dir=str(tmp_path), loss_type="nll", max_length=64, **COMMON)
     tr = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows()),
                     processing_class=AutoTokenizer.from_pretrained(tiny_model_dir), compute_loss_func=loss_fn)
     before = model.lm_head.weight.detach().clone()
-    tr.train()
+    with caplog.at_level("WARNING", logger="ual_plugin"):
+        tr.train()
     losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert not torch.equal(before, model.lm_head.weight)
+    # the log shows UAL is on: one banner, and the mean smoothing at every logging step
+    banners = [r.getMessage() for r in caplog.records if r.getMessage().startswith("UAL active")]
+    assert len(banners) == 1 and "mode=ppl" in banners[0] and "alpha=0.2" in banners[0]
+    smoothing = [h["ual_smoothing"] for h in tr.state.log_history if "loss" in h]
+    assert len(smoothing) == 3 and all(0.0 < v < 0.99 for v in smoothing)
     assert loss_fn.smoother.count == 12  # one perplexity per sample seen
     assert 0.0 < loss_fn.last_mean_smoothing < 0.99
 
@@ -67,3 +73,16 @@ def test_ual_loss_on_stock_transformers_trainer(tiny_model_dir, tmp_path):
     losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert ual_loss.smoother.count - count_before == 12
+    assert all(0.0 < h["ual_smoothing"] < 0.99 for h in tr.state.log_history if "loss" in h)
+
+
+def test_chunked_nll_loss_type_gets_a_message_naming_the_fix(tiny_model_dir, tmp_path):
+    """SFTTrainer's chunked_nll loss never builds logits: say to use loss_type='nll' (or UALSFTTrainer)."""
+    args = SFTConfig(output_dir=str(tmp_path), max_length=64, **COMMON)
+    if args.loss_type != "chunked_nll":
+        pytest.skip(f"this trl has no chunked_nll loss_type (default {args.loss_type!r})")
+    tr = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args,
+                    train_dataset=Dataset.from_list(rows()),
+                    processing_class=AutoTokenizer.from_pretrained(tiny_model_dir), compute_loss_func=UALLoss())
+    with pytest.raises(ValueError, match="loss_type='nll'"):
+        tr.train()

@@ -1,64 +1,26 @@
 """Config options of the Axolotl plugin: the pydantic model merged into Axolotl's config schema and
-the dataclass merged into its training arguments.
+the dataclass merged into its training arguments, both built from ``ual_plugin.options.UALOptions``.
 
-The option names are the same as ``UALSFTConfig``'s: ``ual``, ``ual_alpha``, ``ual_v_max``,
-``ual_mode``, ``ual_uncertainty_field``. The ``mode="before"`` validator sees the whole YAML, so
-it also refuses the options that replace or bypass the loss UAL computes.
+The ``mode="before"`` validator sees the whole YAML, so it also refuses the options that replace
+or bypass the loss UAL computes.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, create_model, model_validator
 
-from ual_plugin.axolotl.options import (
-    PLUGIN_ALIASES,
-    PLUGIN_NAME,
-    UAL_MODES,
-    UAL_OPTIONS,
-    _truthy,
-    check_ual_values,
-    ual_conflicts,
-)
-from ual_plugin.mapping import DEFAULT_ALPHA, DEFAULT_V_MAX
+from ual_plugin.axolotl.options import _truthy, check_ual_values, ual_conflicts
+from ual_plugin.options import UAL_LOSS_BACKENDS, UAL_MODES, UALOptions
+
+_CHOICES = {"ual_mode": Literal[UAL_MODES], "ual_loss_backend": Literal[UAL_LOSS_BACKENDS]}
 
 
-class UALArgs(BaseModel):
-    """Uncertainty-Aware Learning options (active only with ``plugins: [ual_plugin.axolotl.UALPlugin]``)."""
-
-    ual: bool | None = Field(
-        default=None,
-        json_schema_extra={
-            "description": "Train with Uncertainty-Aware Learning (per-sample label smoothing). Needs "
-            "`plugins: [ual_plugin.axolotl.UALPlugin]`: without it Axolotl drops this key and trains plain SFT."
-        },
-    )
-    ual_alpha: float | None = Field(
-        default=DEFAULT_ALPHA,
-        json_schema_extra={
-            "description": "Mean smoothing value over the training set (paper: 0.1 for Deita, 0.3 for LIMA); in PPL "
-            "mode, the smoothing of a sample with average perplexity."
-        },
-    )
-    ual_v_max: float | None = Field(
-        default=DEFAULT_V_MAX,
-        json_schema_extra={"description": "Largest smoothing value any sample may get."},
-    )
-    ual_mode: Literal["column", "ppl"] | None = Field(
-        default="column",
-        json_schema_extra={
-            "description": "'column': smoothing from each row's uncertainty score (see `ual score`); 'ppl': from "
-            "each sample's perplexity under the model being trained, no score needed."
-        },
-    )
-    ual_uncertainty_field: str | None = Field(
-        default="uncertainty",
-        json_schema_extra={"description": "Dataset column holding each row's uncertainty score (column mode)."},
-    )
-
+class _UALArgsChecks(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def check_ual(cls, data: Any) -> Any:
@@ -75,24 +37,29 @@ class UALArgs(BaseModel):
         return data
 
 
+def _schema_fields() -> dict[str, Any]:
+    hints = typing.get_type_hints(UALOptions)
+    out: dict[str, Any] = {}
+    for f in fields(UALOptions):
+        kind = _CHOICES.get(f.name, hints[f.name])
+        default = None if f.name == "ual" else f.default  # unset `ual` means off (and lets `ual check` say so)
+        help_text = f.metadata["help"]
+        if f.name == "ual":
+            help_text += (" Needs `plugins: [ual_plugin.axolotl.UALPlugin]`: without it Axolotl drops this key and "
+                          "trains plain SFT.")
+        out[f.name] = (kind | None, Field(default=default, json_schema_extra={"description": help_text}))
+    return out
+
+
+UALArgs = create_model("UALArgs", __base__=_UALArgsChecks, __module__=__name__, **_schema_fields())
+UALArgs.__doc__ = "Uncertainty-Aware Learning options (active only with ``plugins: [ual_plugin.axolotl.UALPlugin]``)."
+
+
 @dataclass
-class UALTrainingArgsMixin:
+class UALTrainingArgsMixin(UALOptions):
     """The ``ual_*`` options on the trainer's ``args`` (filled by ``UALPlugin.get_training_args``)."""
 
     ual: bool = False
-    ual_alpha: float = DEFAULT_ALPHA
-    ual_v_max: float = DEFAULT_V_MAX
-    ual_mode: str = "column"
-    ual_uncertainty_field: str = "uncertainty"
 
 
-__all__ = [
-    "PLUGIN_ALIASES",
-    "PLUGIN_NAME",
-    "UALArgs",
-    "UALTrainingArgsMixin",
-    "UAL_MODES",
-    "UAL_OPTIONS",
-    "check_ual_values",
-    "ual_conflicts",
-]
+__all__ = ["UALArgs", "UALTrainingArgsMixin"]

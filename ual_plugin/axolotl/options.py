@@ -1,17 +1,14 @@
-"""The ``ual_*`` option names and the checks on them, free of pydantic and Axolotl imports so that
-``ual check`` works (and can say what is missing) wherever ``ual_plugin`` is installed."""
+"""The Axolotl settings that cannot be combined with ``ual: true``, free of pydantic and Axolotl
+imports so that ``ual check`` works (and can say what is missing) wherever ``ual_plugin`` is
+installed. The ``ual_*`` options themselves are defined in ``ual_plugin.options``."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
-from ual_plugin.mapping import DEFAULT_ALPHA, DEFAULT_V_MAX, _check_alpha
+from ual_plugin.options import UAL_MODES, UAL_OPTIONS, check_ual_options
 
-UAL_MODES = ("column", "ppl")
-UAL_OPTIONS = ("ual", "ual_alpha", "ual_v_max", "ual_mode", "ual_uncertainty_field")
 PLUGIN_NAME = "ual_plugin.axolotl.UALPlugin"
 PLUGIN_ALIASES = (PLUGIN_NAME, "ual_plugin.axolotl.plugin.UALPlugin")
 
@@ -20,26 +17,6 @@ def _truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() not in ("", "false", "no", "0", "none", "null")
     return bool(value)
-
-
-def _deepspeed_stage(value: Any) -> int | None:
-    """ZeRO stage of a ``deepspeed:`` option (a JSON path or an inline dict), or None if unknown."""
-    config: Any = value
-    if isinstance(value, (str, os.PathLike)):
-        try:
-            with open(value, encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, ValueError):
-            return None
-    if not isinstance(config, Mapping):
-        return None
-    zero = config.get("zero_optimization")
-    if not isinstance(zero, Mapping):
-        return None
-    try:
-        return int(zero.get("stage"))
-    except (TypeError, ValueError):
-        return None
 
 
 def _lists_lm_head(value: Any) -> bool:
@@ -76,27 +53,21 @@ def ual_conflicts(data: Mapping[str, Any]) -> list[str]:
         )
     if data.get("trainer_cls"):
         problems.append(f"`trainer_cls: {data.get('trainer_cls')}` (UAL supplies its own trainer class)")
-    if _truthy(data.get("fsdp")) or _truthy(data.get("fsdp_config")):
-        problems.append(
-            "`fsdp` / `fsdp_config` (FSDP keeps lm_head.weight sharded outside the model's forward, where the UAL "
-            "loss reads it; use DDP or DeepSpeed ZeRO-1/2 instead)"
-        )
-    if data.get("deepspeed") and _deepspeed_stage(data.get("deepspeed")) == 3:
-        problems.append(
-            f"`deepspeed: {data.get('deepspeed')}` with ZeRO stage 3 (ZeRO-3 partitions lm_head.weight, which the "
-            "UAL loss reads outside the model's forward; use ZeRO-1/2 or DDP instead)"
-        )
     for key in ("context_parallel_size", "sequence_parallel_degree"):
         try:
             size = int(data.get(key) or 1)
         except (TypeError, ValueError):
             size = 1
         if size > 1:
-            problems.append(f"`{key}: {size}` (context parallelism splits sequences across ranks; not supported)")
+            problems.append(
+                f"`{key}: {size}` (context parallelism splits a sample across ranks, while UAL's smoothing is per "
+                "sample)"
+            )
     if _lists_lm_head(data.get("lora_target_modules")):
         problems.append(
-            "`lora_target_modules` containing lm_head (UAL reads lm_head.weight directly, so a LoRA adapter on it "
-            "would never train; use `lora_modules_to_save: [lm_head]` or leave it frozen)"
+            "`lora_target_modules` containing lm_head (UAL computes the loss from the LM head as one dense matrix, so "
+            "a LoRA adapter on it would be bypassed and never trained; use `lora_modules_to_save: [lm_head]` or leave "
+            "it frozen)"
         )
     if mode == "column":
         column_only = (
@@ -115,23 +86,8 @@ def ual_conflicts(data: Mapping[str, Any]) -> list[str]:
 
 
 def check_ual_values(data: Mapping[str, Any]) -> None:
-    """Raise ValueError naming the option when ``ual_alpha`` / ``ual_v_max`` / ``ual_mode`` / the field are bad."""
-    mode = data.get("ual_mode", "column")
-    if mode is None:
-        mode = "column"
-    if mode not in UAL_MODES:
-        raise ValueError(f"ual_mode must be one of {', '.join(UAL_MODES)}; got {mode!r}")
-    alpha = data.get("ual_alpha", DEFAULT_ALPHA)
-    v_max = data.get("ual_v_max", DEFAULT_V_MAX)
-    alpha = DEFAULT_ALPHA if alpha is None else alpha
-    v_max = DEFAULT_V_MAX if v_max is None else v_max
-    for name, value in (("ual_alpha", alpha), ("ual_v_max", v_max)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number; got {value!r}")
-    _check_alpha(float(alpha), float(v_max))
-    field = data.get("ual_uncertainty_field", "uncertainty")
-    if field is not None and (not isinstance(field, str) or not field.strip()):
-        raise ValueError(f"ual_uncertainty_field must be a non-empty column name; got {field!r}")
+    """Raise ValueError naming the option when a ``ual_*`` value in the config is bad."""
+    check_ual_options(data)
 
 
 __all__ = [

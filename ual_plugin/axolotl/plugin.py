@@ -14,10 +14,12 @@ Hooks used:
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
-from ual_plugin.axolotl.options import UAL_OPTIONS
+from ual_plugin.options import UAL_OPTIONS, UALOptions
 
 LOG = get_logger("axolotl.integrations.ual")
 
@@ -48,16 +50,11 @@ class UALPlugin(BasePlugin):
     def get_training_args(self, cfg):
         if not cfg.ual:
             return None
-        return {
-            "ual": True,
-            "ual_alpha": float(cfg.ual_alpha),
-            "ual_v_max": float(cfg.ual_v_max),
-            "ual_mode": cfg.ual_mode or "column",
-            "ual_uncertainty_field": cfg.ual_uncertainty_field or "uncertainty",
-            # With this, num_items_in_batch counts the label tokens of every rank, so DDP gives the same
-            # gradient as one large batch (Axolotl turns it off by default; the UAL loss compensates).
-            "average_tokens_across_devices": True,
-        }
+        values = {f.name: f.default for f in fields(UALOptions)}
+        values.update({name: cfg.get(name) for name in UAL_OPTIONS if cfg.get(name) is not None})
+        # With this, num_items_in_batch counts the label tokens of every rank, so DDP gives the same
+        # gradient as one large batch (Axolotl turns it off by default; the UAL loss compensates).
+        return {**values, "ual": True, "average_tokens_across_devices": True}
 
     def get_trainer_cls(self, cfg):
         if not cfg.ual:

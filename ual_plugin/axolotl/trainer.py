@@ -1,66 +1,47 @@
 """``UALAxolotlTrainer``: Axolotl's trainer with the UAL loss.
 
-It mirrors ``ual_plugin.trl.UALSFTTrainer``'s loss and logging:
+The shared ``UALTrainerCore`` installs the loss in the model's forward (so FSDP and ZeRO-3 work),
+sets each batch's request around Axolotl's own ``compute_loss`` and logs ``ual_smoothing`` (and, in
+PPL mode, ``ual_ppl_running_mean``). This adapter adds what is Axolotl-specific:
 - column mode fits the score -> smoothing map once, on the whole (merged, split) training set,
   and applies the same map to the evaluation set; PPL mode needs no score;
 - the collators Axolotl built are wrapped (``UALCollator``) so ``ual_smoothing`` reaches the batch;
-- ``compute_loss`` runs the model with ``logits_to_keep=1``, takes the final hidden states and
-  computes UAL with ``linear_smoothed_cross_entropy`` (the full logits are never built), as
-  sum over label tokens / ``num_items_in_batch`` so gradient accumulation (and DDP, with
-  ``average_tokens_across_devices``) matches one large batch;
-- ``log`` adds ``ual_smoothing`` (mean smoothing over the label tokens of the logging window)
-  and, in PPL mode, ``ual_ppl_running_mean``.
+- metrics go through ``AxolotlTrainer.store_metrics``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 from axolotl.utils.logging import get_logger
 
 from ual_plugin.axolotl.collator import UALCollator
 from ual_plugin.axolotl.dataset import SCORE_COLUMN
-from ual_plugin.causal_lm import (
-    SmoothingWindow,
-    refuse_sharded_head,
-    ual_batch_loss,
-    unwrap_model,
-)
+from ual_plugin.causal_lm import unwrap_model
 from ual_plugin.mapping import SmoothingMap, fit_smoothing_map
-from ual_plugin.ppl import PPLSmoother
+from ual_plugin.trainer_core import UALTrainerCore
 
 LOG = get_logger("axolotl.integrations.ual")
 
 
-class UALAxolotlTrainer(AxolotlTrainer):
+class UALAxolotlTrainer(UALTrainerCore, AxolotlTrainer):
     """``AxolotlTrainer`` whose loss is Uncertainty-Aware Learning (see the module docstring)."""
 
     def __init__(self, *args, **kwargs):
         targs = kwargs.get("args")
-        self._ual_on = bool(getattr(targs, "ual", False))
-        mode = getattr(targs, "ual_mode", "column") or "column"
-        self._ual_columns = self._ual_on and mode == "column"
-        self._ual_ppl = (
-            PPLSmoother(targs.ual_alpha, targs.ual_v_max) if self._ual_on and mode == "ppl" else None
-        )
+        self._ual_configure(targs)
+        self._ual_columns = self._ual_on and targs.ual_mode == "column"
         self.ual_map: SmoothingMap | None = None
-        self._ual_window = SmoothingWindow()
         super().__init__(*args, **kwargs)
         if not self._ual_on:
             return
-        refuse_sharded_head(getattr(self, "is_fsdp_enabled", False))
+        self._ual_attach()  # after AxolotlTrainer.__init__, which turns model_accepts_loss_kwargs off for Llama
         if self._ual_columns:
             self.ual_map = self._ual_fit_map()
             self.data_collator = UALCollator(self.data_collator, self.ual_map.apply_one)
             self.train_data_collator = self.data_collator
             if self.eval_data_collator is not None:
                 self.eval_data_collator = UALCollator(self.eval_data_collator, self.ual_map.apply_one)
-        # Our loss is already sum / num_items_in_batch: have Trainer count the items and not rescale for GA.
-        # (AxolotlTrainer.__init__ sets this to False for models whose forward has no num_items_in_batch.)
-        self.model_accepts_loss_kwargs = True
-        if hasattr(self, "loss_is_scaled_for_ga"):  # transformers >= 5.19 name of the same switch
-            self.loss_is_scaled_for_ga = None
         LOG.info(self.ual_banner())
 
     # ------------------------------------------------------------------ setup
@@ -121,69 +102,15 @@ class UALAxolotlTrainer(AxolotlTrainer):
         if self._ual_columns and self._signature_columns is not None and SCORE_COLUMN not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, SCORE_COLUMN]
 
-    # ------------------------------------------------------------------ loss
-    def _ual_track_tokens(self, model, inputs) -> None:
-        """AxolotlTrainer.compute_loss's tokens-per-second bookkeeping (we do not call it)."""
-        if not (self.args.include_tkps and model.training):
-            return
-        from axolotl.utils.distributed import is_distributed
+    # ------------------------------------------------------------------ loss and metrics
+    def _ual_framework_loss(self, model, inputs, num_items_in_batch):
+        # Axolotl's compute_loss keeps its token counts and model quirks, then Trainer.compute_loss runs the model
+        return AxolotlTrainer.compute_loss(self, model, inputs, return_outputs=True,
+                                           num_items_in_batch=num_items_in_batch)
 
-        key = "labels" if "labels" in inputs else "input_ids"
-        trainable = (inputs[key] != -100).sum()
-        total = torch.tensor(inputs[key].numel(), device=inputs[key].device)
-        if is_distributed():
-            torch.distributed.all_reduce(trainable, op=torch.distributed.ReduceOp.SUM)
-            torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
-        if not hasattr(self.state, "tokens"):
-            self.state.tokens = {"trainable": torch.zeros(1), "total": torch.zeros(1)}
-        self.state.tokens["trainable"] = self.state.tokens["trainable"] + trainable.detach().cpu()
-        self.state.tokens["total"] = self.state.tokens["total"] + total.cpu()
-
-    def _ual_model_quirks(self, model, inputs) -> None:
-        """The model-specific input fixes AxolotlTrainer.compute_loss applies (Gemma 3/4)."""
-        model_type = getattr(getattr(self.accelerator.unwrap_model(model), "config", None), "model_type", None)
-        if model_type in ("gemma4", "gemma4_unified") and "mm_token_type_ids" not in inputs and "input_ids" in inputs:
-            inputs["mm_token_type_ids"] = torch.zeros_like(inputs["input_ids"])
-        if (
-            self.args.sample_packing
-            and model_type in ("gemma4", "gemma3", "gemma4_unified")
-            and "attention_mask" in inputs
-            and "position_ids" in inputs
-        ):
-            del inputs["attention_mask"]
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not self._ual_on:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        self._ual_track_tokens(model, inputs)
-        self._ual_model_quirks(model, inputs)
-        mode = "train" if model.training else "eval"
-        # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks
-        scale = self.accelerator.num_processes if (
-            self.args.average_tokens_across_devices and num_items_in_batch is not None) else 1.0
-        out, outputs, model_inputs = ual_batch_loss(model, inputs, num_items_in_batch, self._ual_ppl, scale)
-        loss = out.loss
-        self._ual_window.add(mode, out)
-        if return_outputs and (self.compute_metrics is not None or self.preprocess_logits_for_metrics is not None):
-            with torch.no_grad():
-                outputs = model(**model_inputs)
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._ual_on:
-            if "loss" in logs:
-                mode, prefix = "train", ""
-            elif any(k.startswith("eval_") for k in logs):
-                mode, prefix = "eval", "eval_"
-            else:
-                mode = prefix = None
-            if mode is not None:
-                # every rank calls log (Trainer gathers its loss here too), so the window is summed over ranks
-                for key, value in self._ual_window.pop(mode, self.accelerator).items():
-                    logs[f"{prefix}{key}"] = value
-                if self._ual_ppl is not None and self._ual_ppl.count:
-                    logs[f"{prefix}ual_ppl_running_mean"] = self._ual_ppl.running_mean
-        super().log(logs, start_time)
+    def _ual_store_metrics(self, mode: str, metrics: dict[str, float]) -> None:
+        prefix = "eval_" if mode == "eval" else ""
+        self.store_metrics({f"{prefix}{key}": value for key, value in metrics.items()}, train_eval=mode)
 
 
 __all__ = ["UALAxolotlTrainer"]

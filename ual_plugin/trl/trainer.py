@@ -1,37 +1,32 @@
 """``UALSFTTrainer``: TRL's ``SFTTrainer`` with the UAL loss.
 
-It overrides three things and leaves the rest to TRL:
+The shared ``UALTrainerCore`` installs the loss in the model's forward, sets each batch's request
+around ``compute_loss`` and logs ``ual_smoothing``. This adapter adds what is TRL-specific:
 - dataset preparation, so each sample's smoothing becomes a per-token ``ual_smoothing`` column
   before truncation and packing (TRL's own packing would drop it);
 - the collator (wrapped, not replaced), so that column reaches the batch aligned with the tokens;
-- ``compute_loss``: UAL from the final hidden states, never building the full logits,
-  normalised as sum / ``num_items_in_batch``.
+- the loss call: ``Trainer.compute_loss`` reads the model's ``outputs.loss`` (``SFTTrainer``'s own
+  computes a loss from TRL's fused head instead), and metrics go through TRL's ``_metrics``.
 """
 
 from __future__ import annotations
 
 import torch
 from datasets import Dataset, IterableDataset
+from transformers import Trainer
 from trl import SFTTrainer
 from trl.data_utils import pack_dataset
 
-from ual_plugin.causal_lm import (
-    SmoothingWindow,
-    has_trl_fused_head,
-    head_params,
-    refuse_sharded_head,
-    ual_batch_loss,
-)
 from ual_plugin.data import TOKEN_COLUMN, add_token_column, read_uncertainty
 from ual_plugin.mapping import SmoothingMap, fit_smoothing_map
-from ual_plugin.ppl import PPLSmoother
+from ual_plugin.trainer_core import UALTrainerCore
 from ual_plugin.trl.collator import UALCollator
 from ual_plugin.trl.config import UALSFTConfig
 
 _SAMPLE_COLUMN = "_ual_sample_smoothing"
 
 
-class UALSFTTrainer(SFTTrainer):
+class UALSFTTrainer(UALTrainerCore, SFTTrainer):
     """Drop-in for ``SFTTrainer`` that trains with Uncertainty-Aware Learning.
 
     Column mode (default) reads ``args.ual_uncertainty_field`` from the training set, fits the
@@ -52,31 +47,19 @@ class UALSFTTrainer(SFTTrainer):
                 "ual=True computes the loss itself; do not pass compute_loss_func (or set ual=False)."
             )
         self.ual_map: SmoothingMap | None = None
-        self._ual_window = SmoothingWindow()
-        self._ual_ppl = PPLSmoother(args.ual_alpha, args.ual_v_max) if args.ual and args.ual_mode == "ppl" else None
+        self._ual_configure(args)
         self._ual_columns = args.ual and args.ual_mode == "column"
         super().__init__(model, args, *pargs, **kwargs)
-        if args.ual:
-            refuse_sharded_head(getattr(self, "is_fsdp_enabled", False))
-            self.ual_loss_backend = self._resolve_loss_backend(args.ual_loss_backend)
-            if self._ual_columns:
-                self.data_collator = UALCollator(self.data_collator, padding_free=self.padding_free)
-            # Our loss is already sum / num_items_in_batch: have Trainer count the items and not rescale for GA.
-            self.model_accepts_loss_kwargs = True
-            if hasattr(self, "loss_is_scaled_for_ga"):
-                self.loss_is_scaled_for_ga = None
+        self._ual_attach()
+        if self._ual_columns:
+            self.data_collator = UALCollator(self.data_collator, padding_free=self.padding_free)
 
-    def _resolve_loss_backend(self, choice: str) -> str:
-        fused_ok = has_trl_fused_head(self.model) and head_params(self.model).softcap is None
-        if choice == "trl_fused" and not fused_ok:
-            raise ValueError(
-                "ual_loss_backend='trl_fused' needs TRL's fused LM head (trl >= 1.16) and a head without logit "
-                "soft-capping; use 'chunked' (or 'auto')."
-            )
-        if choice == "auto":
-            # TRL's fused head runs Triton kernels on CUDA; elsewhere our chunked head is faster (benchmarks/).
-            return "trl_fused" if fused_ok and self.args.device.type == "cuda" else "chunked"
-        return choice
+    def _ual_fused_head_available(self) -> bool:
+        try:
+            from trl.trainer.utils import add_fused_lm_head  # noqa: F401  (trl >= 1.16 adds it to every model)
+        except ImportError:
+            return False
+        return True
 
     # ------------------------------------------------------------------ data
     def _set_signature_columns_if_needed(self):
@@ -150,30 +133,13 @@ class UALSFTTrainer(SFTTrainer):
         dataset = dataset.map(truncate, **map_kwargs)
         return dataset.filter(lambda ex: any(label != -100 for label in ex["labels"]), **map_kwargs)
 
-    # ------------------------------------------------------------------ loss
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not self.args.ual:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        mode = "train" if self.model.training else "eval"
-        # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks
-        scale = self.accelerator.num_processes if (
-            self.args.average_tokens_across_devices and num_items_in_batch is not None) else 1.0
-        out, outputs, model_inputs = ual_batch_loss(
-            model, inputs, num_items_in_batch, self._ual_ppl, scale, backend=self.ual_loss_backend
-        )
-        loss = out.loss
-        self._ual_window.add(mode, out)
-        if mode == "train":  # TRL's own `num_tokens` metric (its compute_loss, which we replace, keeps it)
+    # ------------------------------------------------------------------ loss and metrics
+    def _ual_framework_loss(self, model, inputs, num_items_in_batch):
+        inputs.pop("_prediction_loss_only", None)  # SFTTrainer.prediction_step's note to its own compute_loss
+        if model.training:  # TRL's `num_tokens` metric, which its compute_loss (not called) keeps
             self._total_train_tokens += self._tokens_in_batch(inputs)
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-        if return_outputs and (self.compute_metrics is not None or self.preprocess_logits_for_metrics is not None):
-            with torch.no_grad():
-                outputs = model(**model_inputs)
-        return (loss, outputs) if return_outputs else loss
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        self._ual_eval_prefix = metric_key_prefix  # "eval_<name>" for each set of a dict of eval sets
-        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return Trainer.compute_loss(self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
 
     def _tokens_in_batch(self, inputs) -> int:
         if "attention_mask" in inputs:
@@ -182,12 +148,6 @@ class UALSFTTrainer(SFTTrainer):
             local = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
         return int(self.accelerator.gather_for_metrics(local).sum())
 
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if self.args.ual:
-            mode = "train" if self.model.training else "eval"
-            prefix = f"{getattr(self, '_ual_eval_prefix', 'eval')}_" if mode == "eval" else ""
-            for key, value in self._ual_window.pop(mode, self.accelerator).items():
-                logs[f"{prefix}{key}"] = value
-            if self._ual_ppl is not None and self._ual_ppl.count:
-                logs[f"{prefix}ual_ppl_running_mean"] = self._ual_ppl.running_mean
-        super().log(logs, *args, **kwargs)
+    def _ual_store_metrics(self, mode: str, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():  # SFTTrainer.log averages them and adds the eval_ prefix
+            self._metrics[mode][key].append(value)

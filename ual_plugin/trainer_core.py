@@ -1,0 +1,198 @@
+"""``UALTrainerCore``: what the TRL and Axolotl trainers share (a mixin placed before their base class).
+
+It owns the ``ual_*`` behaviour: the PPL smoother, the loss entry installed in the model's
+forward, ``compute_loss`` (a ``UALRequest`` set around the framework's own ``compute_loss``, which
+runs ``model(**batch)`` and reads ``outputs.loss``), the metric window and its logging, and the
+PPL running mean saved with checkpoints. Adapters implement three hooks:
+``_ual_framework_loss``, ``_ual_store_metrics`` and (optionally) ``_ual_fused_head_available``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+
+from ual_plugin.causal_lm import UALRequest, install_ual_forward, logit_transform, ual_request
+from ual_plugin.data import TOKEN_COLUMN
+from ual_plugin.options import check_ual_options, options_of
+from ual_plugin.ppl import PPLSmoother
+
+LOG = logging.getLogger("ual_plugin")
+STATE_FILE = "ual_state.json"
+
+
+class SmoothingWindow:
+    """Per-mode running sums (smoothing, label tokens, top-1 hits) between two log calls.
+
+    Kept on the device, so a training step adds no host sync; summed over processes only when
+    read, from ``Trainer.log``, which every rank calls.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+
+    def add(self, mode: str, stats: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([stats["smoothing_sum"].double(), stats["n_tokens"].double(), stats["n_correct"].double()])
+        current = self._sums.get(mode)
+        self._sums[mode] = values if current is None else current + values.to(current.device)
+
+    def pop(self, mode: str, accelerator: Any = None) -> dict[str, float]:
+        """{'ual_smoothing': ..., 'mean_token_accuracy': ...} over the window (empty if no tokens)."""
+        sums = self._sums.pop(mode, None)
+        if sums is None:
+            sums = torch.zeros(3, dtype=torch.float64)
+        if accelerator is not None and accelerator.num_processes > 1:
+            sums = accelerator.reduce(sums.to(accelerator.device), "sum")
+        total, count, correct = (float(x) for x in sums)
+        if count <= 0:
+            return {}
+        return {"ual_smoothing": total / count, "mean_token_accuracy": correct / count}
+
+
+def _is_sharded(trainer: Any) -> bool:
+    """Whether FSDP or DeepSpeed ZeRO-3 shards the parameters (the head weight included)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    try:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(is_deepspeed_zero3_enabled())
+
+
+def _state_callback(trainer: UALTrainerCore) -> Any:
+    """A ``TrainerCallback`` writing the PPL running mean into each checkpoint folder."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class UALStateCallback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            smoother = trainer._ual_ppl
+            if smoother is None:
+                return
+            state_dict = smoother.state_dict()  # every rank holds the same (summed) values
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            if state.is_world_process_zero and os.path.isdir(folder):
+                with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
+                    json.dump({"ppl": state_dict}, f)
+
+    return UALStateCallback()
+
+
+class UALTrainerCore:
+    """Shared UAL behaviour for ``transformers.Trainer`` subclasses (see the module docstring)."""
+
+    ual_loss_backend: str = "chunked"
+
+    # ------------------------------------------------------------------ adapter hooks
+    def _ual_framework_loss(self, model, inputs: dict, num_items_in_batch: Any) -> tuple[torch.Tensor, Any]:
+        """(loss, outputs) from the framework's own ``compute_loss``, which calls ``model(**inputs)``."""
+        raise NotImplementedError
+
+    def _ual_store_metrics(self, mode: str, metrics: dict[str, float]) -> None:
+        """Hand metrics to the framework's own metric mechanism before it logs."""
+        raise NotImplementedError
+
+    def _ual_fused_head_available(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ setup
+    def _ual_configure(self, args: Any) -> None:
+        """Before the framework's ``__init__``: validate the options, make the PPL smoother."""
+        self._ual_on = bool(getattr(args, "ual", False))
+        self._ual_ppl: PPLSmoother | None = None
+        self._ual_window = SmoothingWindow()
+        if not self._ual_on:
+            return
+        check_ual_options(options_of(args))
+        if args.ual_mode == "ppl":
+            self._ual_ppl = PPLSmoother(args.ual_alpha, args.ual_v_max)
+
+    def _ual_attach(self) -> None:
+        """After the framework's ``__init__`` (before ``accelerator.prepare``): install the loss in the model."""
+        if not self._ual_on:
+            return
+        install_ual_forward(self.model)
+        self.ual_loss_backend = self._ual_resolve_backend(getattr(self.args, "ual_loss_backend", "auto"))
+        # The loss is sum / num_items_in_batch: have Trainer count the items and pass them, and not rescale for GA.
+        self.model_accepts_loss_kwargs = True
+        if hasattr(self, "loss_is_scaled_for_ga"):  # transformers >= 5.19 name of the same switch
+            self.loss_is_scaled_for_ga = None
+        self.add_callback(_state_callback(self))
+
+    def _ual_resolve_backend(self, choice: str) -> str:
+        if choice in ("auto", "chunked"):
+            return "chunked"
+        problems = []
+        if not self._ual_fused_head_available():
+            problems.append("it needs TRL's fused LM head (trl >= 1.16, UALSFTTrainer)")
+        if logit_transform(self.model)[0] is not None:
+            problems.append("the model soft-caps its logits")
+        if _is_sharded(self):
+            problems.append("it reads the LM-head weight directly, which FSDP / ZeRO-3 shard")
+        if problems:
+            raise ValueError(f"ual_loss_backend='trl_fused' cannot be used: {'; '.join(problems)}. Use 'chunked'.")
+        return choice
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self._ual_on:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        smoothing = inputs.pop(TOKEN_COLUMN, None)
+        if self._ual_ppl is None and smoothing is None:
+            raise ValueError(
+                f"UAL column mode: the batch has no '{TOKEN_COLUMN}' tensor (was the data collator replaced after the "
+                "trainer was built?)"
+            )
+        training = model.training
+        request = UALRequest(smoothing=smoothing, ppl=self._ual_ppl, update_ppl=training,
+                             backend=self.ual_loss_backend)
+        with ual_request(request):
+            loss, outputs = self._ual_framework_loss(model, inputs, num_items_in_batch)
+        if "n_tokens" not in request.stats:
+            raise RuntimeError(
+                "UAL: the model's forward did not compute the UAL loss (the UAL entry is not on this model, or the "
+                "forward ran in another thread, as with torch.nn.DataParallel; use one process per GPU)"
+            )
+        self._ual_window.add("train" if training else "eval", request.stats)
+        if return_outputs and (self.compute_metrics is not None or self.preprocess_logits_for_metrics is not None):
+            with torch.no_grad():  # the logits the metrics need (the UAL forward builds none)
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        return (loss, outputs) if return_outputs else loss
+
+    # ------------------------------------------------------------------ logging and state
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._ual_on:
+            mode = "train" if "loss" in logs else "eval" if any(k.startswith("eval_") for k in logs) else None
+            if mode is not None:
+                # every rank calls log, so the window is summed over ranks here
+                metrics = self._ual_window.pop(mode, getattr(self, "accelerator", None))
+                if self._ual_ppl is not None and self._ual_ppl.count:
+                    metrics["ual_ppl_running_mean"] = self._ual_ppl.running_mean
+                if metrics:
+                    self._ual_store_metrics(mode, metrics)
+        super().log(logs, *args, **kwargs)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        if self._ual_on and self._ual_ppl is not None and resume_from_checkpoint:
+            self._ual_load_state(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _ual_load_state(self, checkpoint: str | bool) -> None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        folder = get_last_checkpoint(self.args.output_dir) if checkpoint is True else checkpoint
+        path = os.path.join(folder, STATE_FILE) if folder else None
+        if path is None or not os.path.isfile(path):
+            LOG.warning("UAL: %s has no %s; the PPL running mean starts afresh", folder, STATE_FILE)
+            return
+        with open(path, encoding="utf-8") as f:
+            self._ual_ppl.load_state_dict(json.load(f)["ppl"])
+
+
+__all__ = ["STATE_FILE", "SmoothingWindow", "UALTrainerCore"]
