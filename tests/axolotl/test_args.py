@@ -79,7 +79,6 @@ REFUSALS = [
     ({"rl": "grpo"}, "rl: grpo"),
     ({"reward_model": True}, "reward_model"),
     ({"process_reward_model": True}, "process_reward_model"),
-    ({"fsdp_config": {"fsdp_version": 2}}, "fsdp"),
     ({"trainer_cls": "my.Trainer"}, "trainer_cls"),
     ({"adapter": "lora", "lora_target_modules": ["q_proj", "lm_head"]}, "lora_target_modules"),
 ]
@@ -93,11 +92,19 @@ def test_loss_replacing_options_are_refused(base, changes, name):
     assert "ual: true cannot be combined with" in msg and name in msg
 
 
-def test_deepspeed_zero3_refused_zero2_accepted(base, tmp_path):
-    with pytest.raises(Exception) as info:
-        validate({**base, "deepspeed": _ds_config(tmp_path, 3)})
-    assert "ZeRO stage 3" in str(info.value) and "ual: true" in str(info.value)
-    assert not ual_conflicts({**base, "deepspeed": _ds_config(tmp_path, 2)})
+def test_sharded_engines_are_accepted(base, tmp_path):
+    """The loss runs inside the model's forward, so FSDP and ZeRO-3 are supported, not refused."""
+    fsdp = {"fsdp_version": 2, "fsdp_config": {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                               "transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+                                               "reshard_after_forward": True}}
+    for changes in (fsdp, {"deepspeed": _ds_config(tmp_path, 3)}, {"deepspeed": _ds_config(tmp_path, 2)}):
+        assert not ual_conflicts({**base, **changes})
+        assert validate({**base, **changes}).ual is True
+
+
+def test_context_parallelism_is_refused_with_the_reason(base):
+    problems = ual_conflicts({**base, "context_parallel_size": 2})
+    assert len(problems) == 1 and "per sample" in problems[0]
 
 
 def test_column_mode_refuses_streaming_but_ppl_accepts(base):

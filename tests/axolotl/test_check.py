@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -96,12 +97,16 @@ def test_example_configs_validate_and_activate_ual(path, capsys):
 
 def test_example_config_set_covers_the_documented_setups():
     names = {p.name for p in EXAMPLES}
-    assert {"lora.yml", "qlora.yml", "sample-packing.yml", "ppl-mode.yml", "full-finetune.yml"} <= names
+    assert {"lora.yml", "qlora.yml", "sample-packing.yml", "ppl-mode.yml", "full-finetune.yml", "fsdp2.yml",
+            "zero3.yml"} <= names
     by_name = {p.name: yaml.safe_load(p.read_text()) for p in EXAMPLES}
     assert by_name["qlora.yml"]["adapter"] == "qlora" and by_name["qlora.yml"]["load_in_4bit"] is True
     assert by_name["sample-packing.yml"]["sample_packing"] is True
     assert by_name["ppl-mode.yml"]["ual_mode"] == "ppl"
     assert "adapter" not in by_name["full-finetune.yml"]
+    assert by_name["fsdp2.yml"]["fsdp_version"] == 2 and by_name["fsdp2.yml"]["fsdp_config"]
+    zero3 = REPO_ROOT / by_name["zero3.yml"]["deepspeed"]
+    assert json.loads(zero3.read_text())["zero_optimization"]["stage"] == 3
 
 
 @pytest.mark.slow
