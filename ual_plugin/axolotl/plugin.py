@@ -1,7 +1,8 @@
 """``UALPlugin``: the Axolotl ``BasePlugin`` behind ``plugins: [ual_plugin.axolotl.UALPlugin]``.
 
 Hooks used:
-- ``register``: installs the dataset patches (no-ops unless a config has ``ual: true`` in column
+- ``register``: stops with a clear error on an Axolotl version the plugin does not know
+  (``ual_plugin.axolotl.compat``), installs the dataset patches (no-ops unless a config has ``ual: true`` in column
   mode) and warns loudly when the plugin is listed but ``ual`` is not true;
 - ``get_input_args``: ``UALArgs`` joins Axolotl's config schema (options + refusals);
 - ``get_training_args_mixin`` / ``get_training_args``: the ``ual_*`` options on ``trainer.args``;
@@ -28,8 +29,10 @@ class UALPlugin(BasePlugin):
     """Uncertainty-Aware Learning (per-sample label smoothing) for ``axolotl train``."""
 
     def register(self, cfg):
+        from ual_plugin.axolotl.compat import check_axolotl
         from ual_plugin.axolotl.dataset import install_dataset_patches
 
+        check_axolotl()
         install_dataset_patches()
         ual = cfg.get("ual") if hasattr(cfg, "get") else None
         if not ual:
