@@ -95,7 +95,7 @@ def test_column_mode_loss_matches_full_logits_reference(workspace, tmp_path, par
     expected_mean = float((eps[:, 1:] * mask).sum() / mask.sum())
     trainer.log({"loss": 1.0})
     logged = trainer.state.log_history[-1]
-    assert logged["ual_smoothing"] == pytest.approx(expected_mean, rel=1e-5)
+    assert logged["ual_smoothing"] == pytest.approx(expected_mean, abs=1e-5)  # Axolotl rounds metrics to 5 digits
 
     # evaluation rows are smoothed with the training map
     eval_batch = trainer.eval_data_collator([dict(r) for r in rows[8:10]])
@@ -123,7 +123,7 @@ def test_ppl_mode_loss_matches_reference(workspace, tmp_path, parts):
     loss = trainer.compute_loss(trainer.model, dict(batch))
     assert loss.item() == pytest.approx(float(total) / int(mask.sum()), rel=1e-4)
     trainer.log({"loss": 1.0})
-    assert trainer.state.log_history[-1]["ual_ppl_running_mean"] == pytest.approx(float(ppl.mean()), rel=1e-4)
+    assert trainer.state.log_history[-1]["ual_ppl_running_mean"] == pytest.approx(float(ppl.mean()), rel=1e-4, abs=1e-5)
 
 
 def test_lm_head_in_modules_to_save_is_trained(workspace, tmp_path, parts):
