@@ -25,6 +25,8 @@ SECONDS=0
 # CPU build of torch first (a wheel pip finds locally where one is provided), then the project.
 "$venv/bin/python" -m pip install -q "torch==2.13.0"
 "$venv/bin/python" -m pip install -q -e "$spec" "${extra[@]}"
+# DeepSpeed for the ZeRO-3 tests (its CPU accelerator runs them); its build imports torch, hence no isolation.
+"$venv/bin/python" -m pip install -q --no-build-isolation "deepspeed>=0.18.6,<0.19"
 # Axolotl pins torchao's PyPI wheel, whose C++ extensions are CUDA builds: with a CPU-only torch they cannot
 # load, and torchao prints a load failure for each on every import (also when transformers imports it in a
 # plain TRL run). Remove exactly the extensions that fail to load with the installed torch.
