@@ -108,3 +108,17 @@ def test_cli_reports_bad_texts_file(tmp_path, tiny_model_dir, capsys):
     err = capsys.readouterr().err
     assert "ual analyze: error:" in err and "line 2: invalid JSON" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_reads_layouts_as_ual_score_does():
+    """One layout reader: ShareGPT roles, `response` aliases and message-list prompts read as `ual score` reads them."""
+    from ual_plugin.scoring.layouts import row_to_conversation
+
+    sharegpt = {"conversations": [{"from": "human", "value": "Q"}, {"from": "chatgpt", "value": "A"},
+                                  {"from": "bot", "value": "B"}]}
+    assert record_to_text(sharegpt) == "user: Q\nassistant: A\nassistant: B"
+    assert [m["role"] for m in row_to_conversation(sharegpt, "sharegpt")] == ["user", "assistant", "assistant"]
+    assert record_to_text({"instruction": "Say hi.", "response": "hi"}) == "Say hi.\nhi"
+    assert record_to_text({"prompt": "2+2=", "response": "4"}) == "2+2=4"
+    conversational = {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "yo"}]}
+    assert record_to_text(conversational) == "user: hi\nassistant: yo"

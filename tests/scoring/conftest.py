@@ -63,4 +63,4 @@ def run_cli(args: list[str], env_extra: dict[str, str] | None = None, timeout: f
 
 
 def fast_retry_args() -> list[str]:
-    return ["--retry-base-delay", "0.01", "--max-retries", "3", "--no-progress"]
+    return ["--max-retries", "3", "--no-progress"]

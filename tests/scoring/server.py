@@ -9,7 +9,10 @@ test controls each row even when ``ual score`` runs in another process:
 
     [[id=row7]]        name used to count requests per row (else the whole user message)
     [[score=42]]       the score the "model" gives (default: a stable hash of the id, 0..99)
-    [[reply=json]]     json (default) | plain ("I would rate this 42.") | noscore | fenced | bare
+    [[reply=json]]     json (default) | plain ("I would rate this 42.") | noscore | fenced | bare |
+                       distractor ("The user asked 70 seconds in one hour.") | percent ("98.5% of the time ...")
+                       | chatty (prose, then "Score: 42"); a follow-up turn asking for only the score gets
+                       the bare number, unless [[reask=noscore]]
     [[429=2]]          the first 2 requests for this row get 429 with a retry-after header
     [[500=1]]          the first request gets HTTP 500; [[500=always]] every request does
     [[400=always]]     a 400 the client cannot fix (e.g. context too long)
@@ -20,19 +23,29 @@ test controls each row even when ``ual score`` runs in another process:
                        top_logprobs over those score tokens and the text holds the most likely one
 
 Server-wide knobs are attributes: ``latency`` (seconds added to every chat request),
-``reject_response_format`` (answer 400 to any request carrying ``response_format``),
+``reject_response_format`` (answer 400 to any request carrying ``response_format``), ``models`` (what
+``GET /v1/models`` lists), ``honour_n`` (answer ``n`` choices, else one), ``serial`` (one chat request
+at a time, as llama.cpp's server), ``digit_logprobs`` (logprob tokens of single digits),
+``refuse_formats`` / ``refuse_status`` / ``refuse_body`` (which ``response_format`` types are refused, how),
 ``expected_key`` (answer 401 — echoing the key sent, as a worst case — when the bearer token differs),
 ``retry_after`` (the header value sent with 429s), ``batch_polls`` (how many retrieves a batch stays
 ``in_progress``), ``usage`` (whether to report token usage), ``logprobs_supported`` (whether a
 ``logprobs`` request gets logprobs back).
 
-Counters: ``counts[id]`` chat requests per row (batch lines included), ``requests`` (every HTTP
+Counters: ``counts[id]`` chat requests per row (batch lines included), ``arrivals[id]`` when they came, ``requests`` (every HTTP
 request as (method, path)), ``chat_bodies`` (the JSON of every chat request), ``auth_headers``
-(distinct Authorization headers seen, and Azure ``api-key`` headers as "api-key KEY"), ``max_inflight`` (most chat requests handled at once).
+(distinct Authorization headers seen, and Azure ``api-key`` headers as "api-key KEY"), ``max_inflight`` (most chat
+requests handled at once), ``max_waiting`` (most chat requests received at once, queued ones included).
+
+``FakeOpenAI.llama_cpp()`` behaves as llama-cpp-python 0.3.36's server did with SmolLM2-135M-Instruct:
+HTTP 500 with a pydantic ``literal_error`` body on ``response_format: json_schema``, ``json_object``
+accepted (reply ``{"score": N, "type":"json"}``), one request at a time, ``n`` ignored, numbers split
+into digit tokens in logprobs, and chatty replies without a score in plain text, repeated on a re-ask.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -45,6 +58,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _DIRECTIVE = re.compile(r"\[\[(\w+)=([^\]]*)\]\]")
+REASK_MARK = "Reply with only the score"
+# llama-cpp-python 0.3.36 (server), POST /v1/chat/completions with response_format json_schema: HTTP 500
+LLAMA_CPP_JSON_SCHEMA_500 = {"error": {"message": (
+    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input "
+    "should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': {'expected': \"'text' or 'json_object'\"}}"
+    "\n\n  File \"llama_cpp/server/app.py\", line 376, in create_chat_completion\n    POST /v1/chat/completions"),
+    "type": "internal_server_error", "param": None, "code": None}}
+LLAMA_CPP_CHATTY = 'The user asked: "How many different replies would be just as acceptable as the'
 
 
 def directives(text: str) -> dict[str, str]:
@@ -131,6 +152,9 @@ class _Handler(BaseHTTPRequestHandler):
             with srv.lock:
                 return self._send(200, {"n_chat": srv.n_chat, "max_inflight": srv.max_inflight,
                                         "rows": len(srv.counts)})
+        if path.endswith("/models"):
+            return self._send(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "me"}
+                                                               for m in srv.models]})
         m = re.search(r"/files/([^/]+)/content$", path)
         if m:
             data = srv.files.get(m.group(1))
@@ -169,6 +193,18 @@ class FakeOpenAI:
         self.stall_seconds = 2.0
         self.usage = True
         self.logprobs_supported = True
+        self.models = ["test-model"]
+        self.honour_n = True
+        self.serial = False
+        self.digit_logprobs = False
+        self.llama = False
+        self.refuse_formats: set[str] = set()
+        self.refuse_status = 400
+        self.refuse_body: dict | None = None
+        self.waiting = 0
+        self.arrivals: dict[str, list[float]] = {}
+        self.max_waiting = 0
+        self._serial_lock = threading.Lock()
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, str]] = []
@@ -184,6 +220,15 @@ class FakeOpenAI:
         self._httpd.owner = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
+
+    @classmethod
+    def llama_cpp(cls, latency: float = 0.05) -> FakeOpenAI:
+        """A server that answers as llama-cpp-python's did (see the module docstring)."""
+        srv = cls(latency=latency)
+        srv.models = ["SmolLM2-135M-Instruct.Q4_1.gguf"]
+        srv.honour_n, srv.serial, srv.digit_logprobs, srv.llama = False, True, True, True
+        srv.refuse_formats, srv.refuse_status, srv.refuse_body = {"json_schema"}, 500, LLAMA_CPP_JSON_SCHEMA_500
+        return srv
 
     @property
     def base_url(self) -> str:
@@ -221,22 +266,33 @@ class FakeOpenAI:
         name = d.get("id", user)
         with self.lock:
             self.counts[name] += 1
+            self.arrivals.setdefault(name, []).append(time.monotonic())
             attempt = self.counts[name]
             self.chat_bodies.append(req)
-            self.inflight += 1
-            self.max_inflight = max(self.max_inflight, self.inflight)
+            self.waiting += 1
+            self.max_waiting = max(self.max_waiting, self.waiting)
         try:
-            delay = self.latency + float(d.get("delay", 0) or 0)
-            if delay:
-                time.sleep(delay)
-            return self._answer(req, d, name, attempt)
+            with self._serial_lock if self.serial else contextlib.nullcontext():
+                with self.lock:
+                    self.inflight += 1
+                    self.max_inflight = max(self.max_inflight, self.inflight)
+                try:
+                    delay = self.latency + float(d.get("delay", 0) or 0)
+                    if delay:
+                        time.sleep(delay)
+                    return self._answer(req, d, name, attempt)
+                finally:
+                    with self.lock:
+                        self.inflight -= 1
         finally:
             with self.lock:
-                self.inflight -= 1
+                self.waiting -= 1
 
     def _answer(self, req: dict, d: dict[str, str], name: str, attempt: int) -> tuple[int, dict, dict[str, str]]:
         if self.reject_response_format and req.get("response_format") is not None:
             return 400, _err("response_format is not supported by this server", "response_format"), {}
+        if (req.get("response_format") or {}).get("type") in self.refuse_formats:
+            return self.refuse_status, self.refuse_body or _err("response_format is not supported", None), {}
         if "stall" in d and attempt <= int(d["stall"]):
             time.sleep(self.stall_seconds)  # longer than the client's timeout
         if "quota" in d:
@@ -246,34 +302,51 @@ class FakeOpenAI:
             if status in d:
                 limit = d[status]
                 if limit == "always" or attempt <= int(limit):
-                    headers = {"retry-after": self.retry_after} if status == "429" else {}
+                    headers = {"retry-after": self.retry_after} if status != "400" else {}
                     msg = {"429": "Rate limit reached, please slow down", "500": "The server had an error",
                            "400": "This model's maximum context length was exceeded"}[status]
                     return int(status), _err(msg, None), headers
         return 200, self._completion(req, d, name), {}
 
-    def _completion(self, req: dict, d: dict[str, str], name: str) -> dict:
-        dist = _parse_dist(d.get("dist"))
-        score = int(d["score"]) if "score" in d else (max(dist, key=dist.get) if dist else stable_score(name))
-        style = d.get("reply", "json")
-        content = {
+    def _content(self, req: dict, d: dict[str, str], score: int) -> str:
+        messages = req.get("messages") or []
+        reask = REASK_MARK in str(messages[-1].get("content", "")) if messages else False
+        fmt = (req.get("response_format") or {}).get("type")
+        if self.llama and "reply" not in d:  # what SmolLM2 answered through llama-cpp-python
+            return json.dumps({"score": score, "type": "json"}) if fmt == "json_object" else LLAMA_CPP_CHATTY
+        if reask:
+            return "I cannot say." if d.get("reask") == "noscore" else str(score)
+        return {
             "json": json.dumps({"score": score}),
             "plain": f"I would rate this {score}.",
             "bare": str(score),
             "fenced": f'Here you go:\n```json\n{{"score": {score}}}\n```',
             "noscore": "I am not able to rate this sample.",
-        }[style]
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
-                                  "finish_reason": "stop", "logprobs": None}
-        if req.get("logprobs") and self.logprobs_supported:
-            choice["logprobs"] = {"content": _logprob_tokens(content, score, dist or {score: 1.0}),
-                                  "refusal": None}
+            "distractor": "The user asked 70 seconds in one hour.",
+            "percent": "98.5% of the time, the response is correct",
+            "chatty": f"The sample asks for 3 facts and 1 opinion, so 2 answers fit.\nScore: {score}",
+        }[d.get("reply", "json")]
+
+    def _completion(self, req: dict, d: dict[str, str], name: str) -> dict:
+        dist = _parse_dist(d.get("dist"))
+        n = int(req.get("n") or 1) if self.honour_n else 1
+        choices = []
+        for i in range(n):
+            score = int(d["score"]) if "score" in d else (max(dist, key=dist.get) if dist else stable_score(name))
+            score = (score + 2 * i) % 100 if "spread" in d else score  # [[spread=1]]: choice i scores +2 i
+            content = self._content(req, d, score)
+            choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": content},
+                                      "finish_reason": "stop", "logprobs": None}
+            if req.get("logprobs") and self.logprobs_supported:
+                tokens = _digit_tokens(content) if self.digit_logprobs else \
+                    _logprob_tokens(content, score, dist or {score: 1.0})
+                choice["logprobs"] = {"content": tokens, "refusal": None}
+            choices.append(choice)
         prompt_chars = sum(len(str(m.get("content", ""))) for m in req.get("messages") or [])
         out: dict[str, Any] = {"id": self._next_id("chatcmpl-"), "object": "chat.completion",
-                               "created": int(time.time()), "model": req.get("model", "?"),
-                               "choices": [choice]}
+                               "created": int(time.time()), "model": req.get("model", "?"), "choices": choices}
         if self.usage:
-            p, c = prompt_chars // 4 + 7, max(1, len(content) // 3)
+            p, c = prompt_chars // 4 + 7, sum(max(1, len(ch["message"]["content"]) // 3) for ch in choices)
             out["usage"] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
         return out
 
@@ -358,6 +431,19 @@ def _parse_dist(spec: str | None) -> dict[int, float] | None:
     for item in spec.split(","):
         k, v = item.split(":")
         out[int(k)] = float(v)
+    return out
+
+
+def _digit_tokens(content: str) -> list[dict]:
+    """Tokens as a digit-splitting tokenizer (SmolLM2, Llama-2) gives them: each digit its own token,
+    and the alternatives at a digit other single digits (as llama.cpp returned: "1", "9", "0", ...)."""
+    pieces = re.findall(r"\d|[^\d]+", content)
+    out = []
+    for piece in pieces:
+        top = [{"token": piece, "logprob": math.log(0.5), "bytes": None}]
+        if piece.isdigit():
+            top += [{"token": str(k), "logprob": math.log(0.5 / 9), "bytes": None} for k in range(10) if str(k) != piece]
+        out.append({"token": piece, "logprob": math.log(0.5), "bytes": None, "top_logprobs": top})
     return out
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.scoring.conftest import alpaca_rows, read_jsonl, write_jsonl
 from ual_plugin.scoring import score, score_dataset
 from ual_plugin.scoring.formats import sidecar_path
 
-FAST = {"retry_base_delay": 0.01, "max_retries": 3, "progress": False}
+FAST = {"max_retries": 3, "progress": False}
 
 
 def _score(server, data, out=None, **kw):
@@ -29,21 +27,22 @@ def test_json_plain_fenced_bare_replies_all_parse(server, tmp_path):
     assert list(out[0]) == ["instruction", "input", "output", "source", "idx", "uncertainty"]
     assert server.n_chat == 8
     body = server.chat_bodies[0]
-    assert body["model"] == "gpt-4o" and body["temperature"] == 0.0
+    # no --model: the one model the endpoint lists; every request bounded
+    assert body["model"] == "test-model" and body["temperature"] == 0.0
     assert body["response_format"]["type"] == "json_schema"
     assert "0 to 39" in body["messages"][-1]["content"]
+    assert all(b["max_tokens"] == 16 for b in server.chat_bodies)
+    assert "openai:test-model at http://127.0.0.1" in res.summary_lines()[0]
 
 
-def test_429_then_success_honours_retry_after(server, tmp_path):
-    server.retry_after = "0.4"
-    rows = alpaca_rows(1, {0: "[[429=2]]"})
-    t0 = time.monotonic()
-    res = _score(server, rows, concurrency=1, retry_base_delay=30.0)  # backoff alone would wait ~30 s
-    elapsed = time.monotonic() - t0
+def test_429_then_success_honours_retry_after(server):
+    server.retry_after = "1.0"  # the client's own backoff before its first retry is at most 0.5 s
+    res = _score(server, alpaca_rows(1, {0: "[[429=2]]"}), concurrency=1)
     assert res.values == [0.0] and res.exit_code == 0
     assert server.counts["r0"] == 3
-    assert res.stats.retries["HTTP 429 (rate limited)"] == 2
-    assert 0.8 <= elapsed < 10  # two waits of retry-after=0.4 s, not the 30 s backoff
+    assert res.stats.retries["HTTP 429 (rate limited)"] == 2 and res.stats.requests == 3
+    gaps = [b - a for a, b in zip(server.arrivals["r0"], server.arrivals["r0"][1:], strict=False)]
+    assert min(gaps) >= 1.0  # the server saw the retries no sooner than it asked
 
 
 def test_timeout_is_retried(server):
@@ -51,6 +50,7 @@ def test_timeout_is_retried(server):
     res = _score(server, alpaca_rows(2, {0: "[[stall=1]]"}), timeout=0.4, concurrency=2)
     assert res.values == [0.0, 7.0] and res.exit_code == 0
     assert res.stats.retries["timeout"] == 1 and server.counts["r0"] == 2
+    assert any("timeouts at concurrency 2: lowered to 1" in n for n in res.stats.notes)
 
 
 def test_no_quota_stops_the_run_without_output(server, tmp_path):
@@ -64,20 +64,9 @@ def test_no_quota_stops_the_run_without_output(server, tmp_path):
     assert all("not sent" in res.failed_rows[i] for i in range(6, 30))
 
 
-def test_retry_after_ms_header_and_date():
-    from email.utils import formatdate
-
-    from ual_plugin.scoring.client import retry_after_seconds
-
-    assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == pytest.approx(0.25)
-    assert retry_after_seconds({"retry-after": "3"}) == 3.0
-    date = formatdate(time.time() + 5, usegmt=True)
-    assert 3 <= retry_after_seconds({"retry-after": date}) <= 6
-    assert retry_after_seconds({}) is None and retry_after_seconds({"retry-after": "soon"}) is None
-
-
 def test_server_error_no_score_and_bad_request_rows_stay_null(server, tmp_path):
-    rows = alpaca_rows(6, {1: "[[500=always]]", 2: "[[reply=noscore]]", 3: "[[500=1]]", 4: "[[400=always]]"})
+    rows = alpaca_rows(6, {1: "[[500=always]]", 2: "[[reply=noscore]] [[reask=noscore]]", 3: "[[500=1]]",
+                           4: "[[400=always]]"})
     out = tmp_path / "out.jsonl"
     res = _score(server, write_jsonl(tmp_path / "in.jsonl", rows), out, concurrency=3)
     assert res.exit_code == 1
@@ -89,6 +78,9 @@ def test_server_error_no_score_and_bad_request_rows_stay_null(server, tmp_path):
     assert "HTTP 400" in res.failed_rows[4] and "context length" in res.failed_rows[4]
     assert server.counts["r1"] == 4  # 1 + max_retries
     assert server.counts["r2"] == 2  # one re-ask for a reply without a score
+    reask = [b for b in server.chat_bodies if "[[id=r2]]" in b["messages"][1]["content"]][-1]["messages"]
+    assert reask[-2] == {"role": "assistant", "content": "I am not able to rate this sample."}
+    assert reask[-1]["content"].startswith("Reply with only the score")
     assert server.counts["r4"] == 1  # a 400 is not retried
     text = "\n".join(res.summary_lines())
     assert "FAILED: 3 row(s)" in text and "HTTP 500" in text and "no score" in text
@@ -134,12 +126,34 @@ def test_duplicate_rows_share_one_request(server):
     assert server.n_chat == 3 and res.n_unique == 3
 
 
-def test_samples_are_averaged_and_use_temperature_one(server, tmp_path):
-    rows = alpaca_rows(2)
-    res = _score(server, rows, samples=3)
-    assert res.values == [0.0, 7.0]
-    assert server.counts["r0"] == 3 and server.counts["r1"] == 3
-    assert {b["temperature"] for b in server.chat_bodies} == {1.0}
+def test_samples_use_n_and_average_with_temperature_one(server, tmp_path):
+    rows = alpaca_rows(2, {0: "[[spread=1]]"})  # row 0's choices score 0, 2, 4
+    res = _score(server, rows, tmp_path / "o.jsonl", samples=3)
+    assert res.values == [2.0, 7.0] and res.n_replies == [3, 3]
+    assert server.counts["r0"] == 1 and server.counts["r1"] == 1  # one request with n=3 per row
+    assert {b["n"] for b in server.chat_bodies} == {3} and {b["temperature"] for b in server.chat_bodies} == {1.0}
+
+
+def test_samples_without_n_and_a_row_that_keeps_the_mean_of_its_usable_replies(server, tmp_path):
+    server.honour_n = False
+    rows = alpaca_rows(3, {2: "[[reply=noscore]] [[reask=noscore]]"})
+    out = tmp_path / "o.jsonl"
+    res = _score(server, rows, out, samples=3)
+    assert server.counts["r0"] == 3 and server.counts["r1"] == 3  # K requests once n went unanswered
+    assert any("answered `n=3` with 1 choice" in n for n in res.stats.notes)
+    assert res.values == [0.0, 7.0, None] and res.exit_code == 1
+
+
+def test_a_row_with_fewer_usable_replies_than_asked_is_the_mean_of_those(tmp_path):
+    from ual_plugin.scoring.cache import ScoreCache
+
+    c = ScoreCache(tmp_path / "c.jsonl")
+    c.add_reply("k", 0, score=10.0)
+    c.add_failure("k", 1, "no score")
+    assert c.score("k", 3) is None  # slot 2 not concluded yet: a re-run sends it
+    c.add_reply("k", 2, score=30.0)
+    assert c.score("k", 3) == 20.0 and c.score("k", 3, min_samples=3) is None
+    assert c.missing("k", 3) == [1]
 
 
 def test_samples_with_logprobs_average_the_expected_scores(server, tmp_path):
@@ -167,7 +181,7 @@ def test_logprobs_expected_score(server, tmp_path):
     res3 = _score(server, [{"text": "[[id=c]] [[dist=30:0.25,40:0.75]]"}], logprobs=True)
     assert res3.values == [40.0]
     text = "\n".join(res3.summary_lines())
-    assert "1 replies had no usable logprobs" in text and "reported no usage for 1 replies" in text
+    assert "for 1 replies the server returned no logprobs" in text and "reported no usage for 1 replies" in text
 
 
 def test_structured_output_rejected_falls_back_once(server, tmp_path):
@@ -175,11 +189,55 @@ def test_structured_output_rejected_falls_back_once(server, tmp_path):
     rows = alpaca_rows(12, {i: "[[reply=plain]]" for i in range(12)})
     res = _score(server, rows, concurrency=3)
     assert res.exit_code == 0 and res.values == [float((7 * i) % 100) for i in range(12)]
-    with_rf = [b for b in server.chat_bodies if "response_format" in b]
-    assert 1 <= len(with_rf) <= 3  # only requests already in flight when the first 400 came back
-    assert all("response_format" not in b for b in server.chat_bodies[len(with_rf) + 3:])
-    assert any("rejected `response_format`" in n for n in res.stats.notes)
-    assert server.n_chat == 12 + len(with_rf)
+    sent = [(b.get("response_format") or {}).get("type") for b in server.chat_bodies]
+    assert sent[:2] == ["json_schema", "json_object"] and set(sent[2:]) == {None}  # decided on the first row
+    assert server.n_chat == 12 + 2
+    assert sum("the server refused response_format" in n for n in res.stats.notes) == 2
+
+
+def test_refusal_with_http_500_is_not_retried_and_an_explicit_format_is_not_dropped(tmp_path):
+    from tests.scoring.server import FakeOpenAI
+
+    with FakeOpenAI.llama_cpp(latency=0.0) as srv:
+        res = _score(srv, alpaca_rows(3), max_retries=6, response_format="json_schema")
+        assert res.exit_code == 2 and "refuses response_format json_schema" in res.fatal
+        assert "literal_error" in res.fatal and srv.n_chat == 1  # a 500 about response_format: no retry
+
+
+def test_llama_cpp_like_server_with_default_settings(tmp_path):
+    """HTTP 500 on json_schema, one request at a time, n ignored, digit-split logprobs, chatty replies."""
+    from tests.scoring.server import FakeOpenAI
+
+    extra = {0: "[[reply=distractor]]", 1: "[[reply=percent]]", 2: "[[reply=chatty]]",
+             3: "[[reply=distractor]] [[reask=noscore]]", 4: "[[reply=bare]]"}
+    rows = alpaca_rows(24, extra)
+    with FakeOpenAI.llama_cpp(latency=0.02) as srv:
+        res = _score(srv, write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "o.jsonl", max_retries=6)
+        formats = [(b.get("response_format") or {}).get("type") for b in srv.chat_bodies]
+    assert formats.count("json_schema") == 1 and srv.max_inflight == 1
+    assert all(b["max_tokens"] == 16 for b in srv.chat_bodies)
+    want = [float((7 * i) % 100) for i in range(24)]
+    want[3] = None  # its replies hold no score, before and after the re-ask
+    assert res.values == want and set(res.failed_rows) == {3}
+    assert "no score in reply 'I cannot say.'" in res.failed_rows[3]  # the re-ask's reply
+    # row 0 went first: refused json_schema, then json_object, then a re-ask; others: a re-ask only if needed
+    assert srv.counts["r0"] == 3 and srv.counts["r1"] == 2 and srv.counts["r5"] == 1
+    text = "\n".join(res.summary_lines())
+    assert "cost unknown (a custom endpoint" in text and "SmolLM2-135M-Instruct" in text
+    # --logprobs with a digit-splitting tokenizer: the parsed score, and a note saying why
+    with FakeOpenAI.llama_cpp(latency=0.0) as srv:
+        lp = _score(srv, [{"text": "[[id=d]] [[score=0]]"}, {"text": "[[id=e]] [[score=42]]"}], logprobs=True)
+    assert lp.values == [0.0, 42.0]
+    assert "splits numbers into digits" in "\n".join(lp.summary_lines())
+
+
+def test_custom_endpoint_with_several_models_needs_model(server):
+    from ual_plugin.scoring.client import ConfigError
+
+    server.models = ["a", "b"]
+    with pytest.raises(ConfigError, match="serves 2 models .*pass --model"):
+        _score(server, alpaca_rows(2))
+    assert not [r for r in server.requests if r[0] == "POST"]
 
 
 def test_concurrency_is_bounded_and_used(server):
@@ -193,20 +251,20 @@ def test_dry_run_sends_nothing_and_writes_nothing(server, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", alpaca_rows(10))
     out = tmp_path / "out.jsonl"
     res = _score(server, src, out, dry_run=True, concurrency=5)
-    assert server.requests == [] and not out.exists() and not sidecar_path(out).exists()
-    e = res.estimate
-    assert e.requests == 10 and e.rows_to_score == 10 and not e.exact_tokens
-    assert e.tokens_in > 10 * 300 // 4  # the rubric alone is several hundred characters
-    assert e.cost.startswith("$") and "2025-06" in e.cost
+    assert server.requests == [("GET", "/v1/models")] and not out.exists() and not sidecar_path(out).exists()
     text = "\n".join(res.summary_lines())
-    assert "nothing was sent" in text and "APPROXIMATE" in text and "~2 s at concurrency 5" in text
+    assert "requests: 10\n" in text and "10 distinct samples to score" in text
+    tokens_in = int(text.split("input tokens: ")[1].split(" ")[0].replace(",", ""))
+    assert tokens_in > 10 * 300 // 4  # the rubric alone is several hundred characters
+    assert "no scoring request was sent" in text and "APPROXIMATE" in text and "~2 s at concurrency 5" in text
+    assert "cost unknown (a custom endpoint" in text  # never priced as gpt-4o
+    priced = "\n".join(_score(server, src, None, dry_run=True, price_in=1.0, price_out=2.0).summary_lines())
+    assert "estimated cost: $" in priced and "--price-in/--price-out" in priced
     # after a real run of half the rows, the estimate shrinks accordingly
     _score(server, write_jsonl(tmp_path / "half.jsonl", alpaca_rows(5)), out)
-    n = len(server.requests)
+    n = server.n_chat
     res2 = _score(server, src, out, dry_run=True)
-    assert res2.estimate.requests == 5 and res2.n_cached_rows == 5 and len(server.requests) == n
-    unknown = _score(server, src, None, dry_run=True, model="my-llama")
-    assert "cost unknown" in unknown.estimate.cost
+    assert "requests: 5\n" in "\n".join(res2.summary_lines()) and res2.n_cached_rows == 5 and server.n_chat == n
 
 
 def test_score_dataset_returns_a_dataset_and_keeps_features(server):
@@ -229,7 +287,7 @@ def test_score_dataset_warns_on_failures_and_raises_on_bad_key(server):
     server.expected_key = "the-right-key"
     secret = "sk-wrong-key-0123456789"
     with pytest.raises(RuntimeError, match="authentication failed") as err:
-        score_dataset(alpaca_rows(3, prefix="z"), base_url=server.base_url, api_key=secret, **FAST)
+        score_dataset(alpaca_rows(3, prefix="z"), base_url=server.base_url, api_key=secret, model="m", **FAST)
     assert secret not in str(err.value) and "***" in str(err.value)
     assert f"Bearer {secret}" in server.auth_headers  # the key really was sent (and echoed back)
 
@@ -249,7 +307,7 @@ def test_batch_api_submit_poll_collect(server, tmp_path):
     rows = alpaca_rows(6, {2: "[[500=always]]", 3: "[[reply=noscore]]"})
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
-    res = _score(server, src, out, batch=True, poll_interval=0.01)
+    res = _score(server, src, out, batch=True, poll_interval=0.01, price_in=2.0, price_out=8.0)
     assert res.exit_code == 1
     assert [r["uncertainty"] for r in read_jsonl(out)] == [0.0, 7.0, None, None, 28.0, 35.0]
     assert "HTTP 500" in res.failed_rows[2] and "no score" in res.failed_rows[3]

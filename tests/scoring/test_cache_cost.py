@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import pytest
 
@@ -21,12 +20,12 @@ def test_cache_roundtrip_samples_and_failures(tmp_path):
     assert c.score("k1", 2) == 15.0
     assert c.score("k1", 3) is None and c.missing("k1", 3) == [2]
     assert c.score("k1", 1) == 10.0
-    assert c.score("k2", 1) is None and c.failures["k2"] == "HTTP 500"
+    assert c.score("k2", 1) is None and c.failure("k2") == "HTTP 500"
     # a later success clears the failure
     c.add_reply("k2", 0, score=1.0)
     c.close()
     c = ScoreCache(path)
-    assert c.score("k2", 1) == 1.0 and "k2" not in c.failures
+    assert c.score("k2", 1) == 1.0 and c.failure("k2") is None
 
 
 def test_cache_survives_a_torn_last_line(tmp_path):
@@ -72,6 +71,9 @@ def test_prices_known_snapshots_and_unknown():
     assert Pricing.resolve("gpt-4o", batch=True).cost(1_000_000, 100_000) == pytest.approx((2.50 + 1.00) / 2)
     unknown = Pricing.resolve("llama-3-70b")
     assert unknown.cost(10, 10) is None and "cost unknown" in unknown.describe(10, 10)
+    # a model name the table knows, served by a custom endpoint: never priced from the table
+    local = Pricing.resolve("gpt-4o", openai_hosted=False)
+    assert local.cost(10, 10) is None and "a custom endpoint" in local.describe(10, 10)
     custom = Pricing.resolve("llama-3-70b", price_in=1.0, price_out=2.0)
     assert custom.cost(1_000_000, 1_000_000) == pytest.approx(3.0) and "--price-in" in custom.describe(1, 1)
 
@@ -90,9 +92,7 @@ def test_tiktoken_never_downloads(tmp_path, monkeypatch):
     import tiktoken.registry
 
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # forget any encoding loaded earlier
-    t0 = time.monotonic()
     enc, note = load_tiktoken_offline("gpt-4o")
-    assert time.monotonic() - t0 < 2
     assert enc is None and "not cached" in note and "o200k_base" in note
     assert attempts == []
     counter = TokenCounter.for_model("gpt-4o")

@@ -63,13 +63,38 @@ def test_kill_mid_run_then_resume_sends_no_duplicate_request(server, tmp_path):
     assert [r["uncertainty"] for r in read_jsonl(out)] == [float(7 * i % 100) for i in range(n)]
 
 
+def test_sigterm_says_how_to_resume_and_keeps_the_cache(server, tmp_path):
+    server.latency = 0.1
+    src = write_jsonl(tmp_path / "in.jsonl", alpaca_rows(40))
+    out = tmp_path / "out.jsonl"
+    cache = sidecar_path(out)
+    args = ["score", str(src), "-o", str(out), "--base-url", server.base_url, "--concurrency", "2",
+            *fast_retry_args()]
+    proc = subprocess.Popen([sys.executable, "-m", "ual_plugin.cli", *args], cwd=REPO,
+                            env={**os.environ, "OPENAI_API_KEY": "sk-test"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (cache.exists() and cache.read_text().count('"ok":true') >= 4):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143
+    assert "terminated: every reply received so far is saved in" in err and "re-run the same command" in err
+    saved = ScoreCache(cache)
+    assert saved.n_corrupt == 0 and len(saved.replies) >= 4 and not out.exists()
+
+
 def test_api_key_appears_in_no_file_and_no_output(server, tmp_path, monkeypatch, capfd):
     secret = "sk-UALTEST-" + uuid.uuid4().hex
     server.expected_key = secret
     rows = alpaca_rows(6, {2: "[[500=always]]", 3: "[[reply=noscore]]"})
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     env = {"OPENAI_API_KEY": secret}
-    base = ["--base-url", server.base_url, *fast_retry_args()]
+    base = ["--base-url", server.base_url, "--model", "m", *fast_retry_args()]
     # as a user runs it (a subprocess): a run with failures, then one the server rejects, echoing the key
     ok = run_cli(["score", str(src), "-o", str(tmp_path / "out.jsonl"), *base], env)
     assert ok.returncode == 1, ok.stderr
@@ -77,6 +102,9 @@ def test_api_key_appears_in_no_file_and_no_output(server, tmp_path, monkeypatch,
     server.expected_key = "another-key"
     bad = run_cli(["score", str(src), "-o", str(tmp_path / "c.jsonl"), *base], env)
     assert bad.returncode == 2 and "authentication failed" in bad.stdout and "***" in bad.stdout
+    # without --model the key first goes to GET /models, whose 401 is redacted too
+    listing = run_cli(["score", str(src), "-o", str(tmp_path / "e.jsonl"), *base[:2], *fast_retry_args()], env)
+    assert listing.returncode == 2 and "could not be listed" in listing.stderr and "***" in listing.stderr
     # the other paths in-process (fd-level capture also catches library logging): dry run, batch, batch 401
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     server.expected_key = secret
@@ -86,7 +114,7 @@ def test_api_key_appears_in_no_file_and_no_output(server, tmp_path, monkeypatch,
     codes.append(main(["score", str(src), "-o", str(tmp_path / "d.jsonl"), "--batch", *base]))
     captured = capfd.readouterr()
     assert codes == [0, 1, 2] and "HTTP 401" in captured.out
-    for text in (ok.stdout, ok.stderr, bad.stdout, bad.stderr, captured.out, captured.err):
+    for text in (ok.stdout, ok.stderr, bad.stdout, bad.stderr, listing.stderr, captured.out, captured.err):
         assert secret not in text
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) >= 5  # input, two outputs and their caches
@@ -114,11 +142,13 @@ def test_cli_in_process_messages(server, tmp_path, capsys):
     src2 = write_jsonl(tmp_path / "in2.jsonl", alpaca_rows(3))
     code = main(["score", str(src2), "-o", str(tmp_path / "o2.csv"), "--base-url", server.base_url, "--dry-run"])
     out = capsys.readouterr().out
-    assert code == 0 and "dry run: nothing was sent" in out and "requests: 3" in out and server.requests == []
+    assert code == 0 and "no scoring request was sent" in out and "requests: 3" in out
+    assert server.requests == [("GET", "/v1/models")]  # the model name, nothing else
     code = main(["score", str(src2), "-o", str(tmp_path / "o2.csv"), "--base-url", server.base_url,
                  "--no-progress", "--field", "u"])
     out = capsys.readouterr().out
-    assert code == 0 and "scored 3/3 rows" in out and "tokens:" in out and "cost of this run: $" in out
+    assert code == 0 and "scored 3/3 rows" in out and "tokens:" in out
+    assert "cost unknown (a custom endpoint" in out and "with openai:test-model at http://127.0.0.1" in out
     lines = (tmp_path / "o2.csv").read_text().splitlines()
     assert lines[0].endswith(",u") and lines[2].endswith(",7.0")
 
@@ -142,15 +172,16 @@ def test_stats_table_groups_and_png(tmp_path, capsys):
     rows[3]["uncertainty"] = None
     f = write_jsonl(tmp_path / "s.jsonl", rows)
     png = tmp_path / "plot.png"
-    assert main(["stats", str(f), "--alpha", "0.2", "--plot", str(png)]) == 0
+    assert main(["stats", str(f), "--alpha", "0.2", "--plot", str(png)]) == 1  # a row without a score
     out = capsys.readouterr().out
     assert "uncertainty (all)" in out and "source=math" in out and "source=chat" in out
+    assert "WARNING: 1 of 100 rows (1.0%) have no uncertainty" in out
     head = out.splitlines()[1].split()
     assert head[2:4] == ["100", "1"]  # count, missing
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-    assert main(["stats", str(f), "--alpha", "0.2", "--json", "--no-plot"]) == 0
+    assert main(["stats", str(f), "--alpha", "0.2", "--json", "--no-plot"]) == 1
     summary = json.loads(capsys.readouterr().out)
-    assert summary["count"] == 100 and summary["missing"] == 1
+    assert summary["count"] == 100 and summary["missing"] == 1 and summary["missing_share"] == 0.01
     assert summary["smoothing"]["mean"] == pytest.approx(0.2)
     vals = [r["uncertainty"] for r in rows if r["uncertainty"] is not None]
     assert summary["scores"]["mean"] == pytest.approx(sum(vals) / len(vals))
@@ -163,3 +194,9 @@ def test_stats_table_groups_and_png(tmp_path, capsys):
     assert "cannot be reached" in capsys.readouterr().out
     assert (tmp_path / "z.jsonl.stats.png").exists()
     assert main(["stats", str(write_jsonl(tmp_path / "n.jsonl", [{"text": "a"}]))]) == 2
+    all_null = write_jsonl(tmp_path / "a.jsonl", [{"text": "a", "uncertainty": None}] * 3)
+    assert main(["stats", str(all_null), "--no-plot"]) == 1
+    out = capsys.readouterr().out
+    assert "cannot map" in out and "3 of 3 rows (100.0%)" in out
+    full = write_jsonl(tmp_path / "f.jsonl", [{"text": "a", "uncertainty": 3.0}, {"text": "b", "uncertainty": 9.0}])
+    assert main(["stats", str(full), "--no-plot"]) == 0

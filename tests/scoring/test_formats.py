@@ -8,6 +8,7 @@ import pytest
 from tests.scoring.conftest import write_jsonl
 from ual_plugin.scoring import formats
 from ual_plugin.scoring.formats import InputError, RowFormatError
+from ual_plugin.scoring.layouts import detect_layout, render_sample, row_to_conversation
 
 LAYOUT_ROWS = {
     "alpaca": {"instruction": "Add 2 and 3.", "input": "Use digits.", "output": "5", "system": "Be brief."},
@@ -23,9 +24,9 @@ LAYOUT_ROWS = {
 @pytest.mark.parametrize("layout", list(LAYOUT_ROWS))
 def test_detect_and_convert_each_layout(layout):
     row = LAYOUT_ROWS[layout]
-    assert formats.detect_layout(row) == layout
-    conv = formats.row_to_conversation(row, layout)
-    text = formats.render_sample(conv)
+    assert detect_layout(row) == layout
+    conv = row_to_conversation(row, layout)
+    text = render_sample(conv)
     if layout == "text":
         assert text == row["text"]
     else:
@@ -43,8 +44,13 @@ def test_detect_and_convert_each_layout(layout):
 
 def test_prompt_completion_conversational_lists():
     row = {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "yo"}]}
-    assert formats.row_to_conversation(row, "prompt-completion") == [
+    assert row_to_conversation(row, "prompt-completion") == [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    # a prompt that merely starts with "[" is text, not a message list
+    assert row_to_conversation({"prompt": "[1, 2] sorted?", "completion": "[1, 2]"}, "prompt-completion") == [
+        {"role": "user", "content": "[1, 2] sorted?"}, {"role": "assistant", "content": "[1, 2]"}]
+    # `response` stands for `output` / `completion`, as `ual analyze` reads it
+    assert detect_layout(["instruction", "response"]) == "alpaca"
 
 
 def test_bad_row_message_names_row_line_and_layout(tmp_path):
@@ -87,11 +93,13 @@ def test_unknown_columns_and_bad_files(tmp_path):
 
 
 def test_middle_truncation():
-    text = "A" * 100 + "B" * 100
-    out = formats.truncate_middle(text, 60)
+    def cut(text, n):
+        return render_sample([{"role": "text", "content": text}], n)
+
+    out = cut("A" * 100 + "B" * 100, 60)
     assert out.startswith("A" * 40) and out.endswith("B" * 20) and "140 characters omitted" in out
     assert out.count("A") == 40 and out.count("B") == 20
-    assert formats.truncate_middle("short", 60) == "short"
+    assert cut("short", 60) == "short"
 
 
 def _rows():
@@ -104,14 +112,14 @@ def test_output_roundtrip_keeps_rows_order_and_columns(tmp_path, out_name):
     data = formats.load_data(write_jsonl(tmp_path / "in.jsonl", _rows()))
     values = [1.5, None, 0.0, 99.0]
     out = tmp_path / out_name
-    formats.write_output(out, data, values, "uncertainty")
+    formats.write_output(out, formats.with_scores(data, values, "uncertainty"))
     back = formats.load_data(out)
     assert back.columns[:3] == ["instruction", "input", "output"]
     assert back.columns[-1] == "uncertainty"
     assert [r["instruction"] for r in back.rows] == ["q0", "q1", "q2", "q3"]
     got = [r["uncertainty"] for r in back.rows]
-    if out_name.endswith(".csv"):
-        assert got == ["1.5", "", "0.0", "99.0"]
+    if out_name.endswith(".csv"):  # nested values as JSON text
+        assert got == values
         assert json.loads(back.rows[2]["meta"]) == {"k": 2}
     else:
         assert got == values
@@ -141,7 +149,7 @@ def test_inputs_csv_parquet_folder_json(tmp_path):
     assert len(formats.load_data(tmp_path / "dd", split="test").rows) == 1
     # parquet -> parquet keeps the integer column's Arrow type
     data = formats.load_data(tmp_path / "d.parquet")
-    formats.write_output(tmp_path / "o.parquet", data, [1.0, 2.0, None], "uncertainty")
+    formats.write_output(tmp_path / "o.parquet", formats.with_scores(data, [1.0, 2.0, None], "uncertainty"))
     import pyarrow.parquet as pq
 
     t = pq.read_table(tmp_path / "o.parquet")
@@ -152,5 +160,10 @@ def test_existing_score_column_is_replaced_in_place(tmp_path):
     rows = [{"text": "a", "uncertainty": 5.0, "z": 1}]
     data = formats.load_data(rows)
     out = formats.with_scores(data, [7.0], "uncertainty")
-    assert list(out[0]) == ["text", "uncertainty", "z"] and out[0]["uncertainty"] == 7.0
+    assert out.column_names == ["text", "uncertainty", "z"] and out[0]["uncertainty"] == 7.0
     assert rows[0]["uncertainty"] == 5.0  # the caller's rows are not mutated
+
+
+def test_json_file_holding_one_named_list(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps({"data": [{"text": "a"}, {"text": "b"}]}))
+    assert [r["text"] for r in formats.load_data(tmp_path / "d.json").rows] == ["a", "b"]

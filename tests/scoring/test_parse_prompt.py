@@ -26,6 +26,11 @@ from ual_plugin.scoring.prompts import (
         ("42", 42),
         ("Score: 42", 42),
         ("I would rate this 71.", 71),
+        ("**63**", 63),
+        ('{"score": 17, "type":"json"}', 17),  # llama.cpp's json_object reply
+        ('{"score": 42, "reason": "a fact', 42),  # cut by the reply-token limit
+        ("The sample asks for 3 facts.\nScore: 80", 80),
+        ("The score is 42 out of 99", 42),
         ("42/99", 42),
         ("42 out of 99", 42),
         ("0", 0),
@@ -41,8 +46,12 @@ def test_parse_accepts_json_and_plain(reply, value):
     "reply, why",
     [
         ("", "empty"),
-        ("I cannot rate this.", "no number"),
-        ("between 30 and 40", "different numbers"),
+        ("I cannot rate this.", "no score in reply"),
+        ("between 30 and 40", "no score in reply"),
+        ("The user asked 70 seconds in one hour.", "no score in reply"),  # a number, not a score
+        ("98.5% of the time, the response is correct", "no score in reply"),
+        ('The user asked: "What is 17 + 25?"', "no score in reply"),
+        ("Score: 30. Final score: 40", "2 different scores"),
         ('{"score": 150}', "outside"),
         ("-3", "outside"),
         ('{"score": "high"}', "not a number"),
@@ -90,6 +99,19 @@ def test_expected_score_none_when_number_spans_tokens_or_no_logprobs():
     # alternatives above the scale are ignored
     only_big = [_tok("42", -0.1, [{"token": "420", "logprob": -0.1}])]
     assert expected_score(only_big, parsed, 99) is None
+
+
+def test_expected_score_refuses_digit_split_alternatives():
+    """A reply "0" whose alternatives '1', '9' are first digits of 10-19 and 90-99 (SmolLM2, Llama-2)."""
+    reply = "0"
+    tokens = [_tok("0", math.log(0.5), [{"token": "0", "logprob": math.log(0.5)},
+                                        {"token": "1", "logprob": math.log(0.3)},
+                                        {"token": "9", "logprob": math.log(0.2)}])]
+    assert expected_score(tokens, parse_score(reply)) is None  # not 2.5 + 2.7
+    # the same position with whole-number alternatives is sound
+    whole = [_tok("0", math.log(0.5), [{"token": "0", "logprob": math.log(0.5)},
+                                       {"token": "10", "logprob": math.log(0.5)}])]
+    assert expected_score(whole, parse_score(reply)) == pytest.approx(5.0)
 
 
 def test_paper_prompt_has_rubric_delimiters_and_json_request():

@@ -11,10 +11,11 @@ Accepted layouts (chosen by file name, then by content):
 Each JSON object becomes one text, from the first of these that it has:
 
 * ``text``: a string, used as is;
-* ``messages`` (or ShareGPT ``conversations`` with ``from`` / ``value``): a list of chat turns,
+* ``messages`` (or ShareGPT ``conversations`` with ``from`` / ``value``): a list of chat turns, read
+  by the same layout reader as ``ual score`` (:mod:`ual_plugin.scoring.layouts`),
   rendered with the tokenizer's chat template when it has one, else as ``role: content`` lines;
 * alpaca fields ``instruction`` (+ optional ``input``, ``output`` / ``response``), joined by newlines;
-* ``prompt`` + ``completion`` (or ``response``) strings, concatenated.
+* ``prompt`` + ``completion`` (or ``response``): strings concatenated, message lists rendered as turns.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from ual_plugin.scoring.layouts import detect_layout, field_text, read_messages, row_to_conversation
 
 
 class AnalysisError(ValueError):
@@ -37,82 +40,40 @@ JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 JSON_SUFFIXES = {".json"}
 PLAIN_SUFFIXES = {".txt", ".text", ".md"}
 
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "system": "system", "bot": "assistant", "model": "assistant"}
-
-
-def _content_to_str(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # multimodal style: [{"type": "text", "text": ...}, ...]
-        parts = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-        return "".join(parts)
-    raise ValueError(f"message content must be a string, got {type(content).__name__}")
-
-
-def _normalise_messages(messages: Any) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("'messages' must be a non-empty list of {'role', 'content'} objects")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise ValueError(f"message {i} is a {type(m).__name__}, not an object")
-        if "role" in m:
-            role, content = m["role"], m.get("content")
-        elif "from" in m:  # ShareGPT
-            role, content = _SHAREGPT_ROLES.get(str(m["from"]).lower(), str(m["from"])), m.get("value")
-        else:
-            raise ValueError(f"message {i} has neither 'role' nor 'from' (keys: {sorted(m)})")
-        out.append({"role": str(role), "content": _content_to_str(content)})
-    return out
-
 
 def render_messages(messages: Any, tokenizer: Any = None) -> str:
     """Render chat turns with ``tokenizer``'s chat template if it has one, else as ``role: content`` lines."""
-    msgs = _normalise_messages(messages)
+    msgs = read_messages(messages)
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(msgs, tokenize=False)
-        if not isinstance(text, str):  # some versions return a list for batched input
-            text = "".join(text)
-        return text
+        return text if isinstance(text, str) else "".join(text)  # some versions return a list
     return "\n".join(f"{m['role']}: {m['content']}" for m in msgs)
 
 
 def record_to_text(record: Any, tokenizer: Any = None) -> str:
-    """Turn one JSON record (``text`` / ``messages`` / alpaca / prompt-completion) into a text."""
+    """One JSON record (``text`` / ``messages`` / alpaca / prompt-completion) as a text.
+
+    The fields are read by :mod:`ual_plugin.scoring.layouts`, as ``ual score`` reads them; a
+    ``text`` field wins, alpaca fields are joined by newlines, string prompt and completion are
+    concatenated, and conversations are rendered as :func:`render_messages` does.
+    """
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     if "text" in record:
         if not isinstance(record["text"], str):
             raise ValueError(f"'text' must be a string, got {type(record['text']).__name__}")
         return record["text"]
-    for key in ("messages", "conversations"):
-        if key in record:
-            return render_messages(record[key], tokenizer)
-    if "instruction" in record:
-        fields = [record.get("instruction"), record.get("input"),
-                  record.get("output", record.get("response"))]
-        parts = []
-        for f in fields:
-            if f is None:
-                continue
-            if not isinstance(f, str):
-                raise ValueError(f"alpaca fields must be strings, got {type(f).__name__}")
-            if f.strip():
-                parts.append(f)
-        return "\n".join(parts)
-    if "prompt" in record and isinstance(record["prompt"], str):
-        completion = record.get("completion", record.get("response", ""))
-        if not isinstance(completion, str):
-            raise ValueError("'completion' must be a string next to a string 'prompt'")
-        return record["prompt"] + completion
+    layout = detect_layout(record) or ("alpaca" if "instruction" in record else None)
+    if layout in ("messages", "sharegpt"):
+        return render_messages(record["messages" if layout == "messages" else "conversations"], tokenizer)
+    if layout == "alpaca":  # output optional here: an instruction alone is a text too
+        parts = [field_text(record, "instruction"), field_text(record, "input", required=False),
+                 field_text(record, "output", "response", required=False)]
+        return "\n".join(p for p in parts if p and p.strip())
+    if layout == "prompt-completion":
+        if isinstance(record["prompt"], str) and isinstance(record.get("completion", record.get("response")), str):
+            return record["prompt"] + field_text(record, "completion", "response")
+        return render_messages(row_to_conversation(record, layout), tokenizer)
     raise ValueError(
         "no text found: expected a 'text' string, a 'messages' list, alpaca fields "
         f"('instruction', 'input', 'output') or 'prompt' + 'completion'; got keys {sorted(record)}"

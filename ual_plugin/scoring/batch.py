@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ual_plugin.scoring.cache import ScoreCache
-from ual_plugin.scoring.client import ApiScorer, Job, _err_text, _get, interpret_completion
+from ual_plugin.scoring.client import ApiScorer, Job, _err_text, _get, make_client
+from ual_plugin.scoring.parse import read_choice
 
 MAX_LINES_PER_BATCH = 50_000
 MAX_BYTES_PER_BATCH = 190 * 1024 * 1024  # the API allows 200 MB per input file
@@ -27,27 +27,17 @@ TERMINAL = {"completed", "failed", "expired", "cancelled"}
 ENDPOINT = "/v1/chat/completions"
 
 
-def _custom_id(job: Job) -> str:
-    return f"{job.key}:{job.index}"
-
-
-def _split_custom_id(custom_id: str) -> tuple[str, int] | None:
-    key, _, idx = str(custom_id).rpartition(":")
-    if not key or not idx.isdigit():
-        return None
-    return key, int(idx)
+def _requests(jobs: Sequence[Job]) -> list[tuple[str, Job]]:
+    """One request per missing reply slot: ``custom_id = "<cache key>:<slot>"``."""
+    return [(f"{job.key}:{slot}", job) for job in jobs for slot in job.slots]
 
 
 class BatchRunner:
     """Submits missing jobs as batches, polls pending ones and collects their results into the cache."""
 
-    def __init__(self, scorer: ApiScorer, poll_interval: float = 30.0, wait: bool = True,
-                 attach: Sequence[str] = (), log: Any = None) -> None:
-        self.scorer = scorer
-        self.cache: ScoreCache = scorer.cache
-        self.poll_interval = poll_interval
-        self.wait = wait
-        self.attach = list(attach)
+    def __init__(self, scorer: ApiScorer, log: Any = None) -> None:
+        self.scorer, self.cache, opts = scorer, scorer.cache, scorer.opts
+        self.poll_interval, self.wait, self.attach = opts.poll_interval, opts.wait, list(opts.batch_ids)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.submitted: list[str] = []
         self.pending: list[str] = []
@@ -58,10 +48,8 @@ class BatchRunner:
     async def arun(self, jobs: Sequence[Job]) -> None:
         import openai
 
-        from ual_plugin.scoring.client import make_client
-
         t0 = time.monotonic()
-        client = self.scorer._client or make_client(self.scorer.opts)
+        client = make_client(self.scorer.opts)
         try:
             await self._arun(client, jobs)
         except (openai.APIStatusError, openai.APIConnectionError) as err:
@@ -70,8 +58,7 @@ class BatchRunner:
             self.scorer.stats.fatal = self.scorer.redactor.redact(f"Batch API call failed ({where}): {_err_text(err)}")
         finally:
             self.scorer.stats.elapsed = time.monotonic() - t0
-            if self.scorer._client is None:
-                await client.close()
+            await client.close()
 
     async def _arun(self, client: Any, jobs: Sequence[Job]) -> None:
         # 1. batches already known from earlier runs (and any the user attached with --batch-id)
@@ -101,13 +88,13 @@ class BatchRunner:
         for rec in active.values():
             covered.update(rec.get("keys") or [])
         # 2. submit whatever is neither cached nor covered by a live batch
-        todo = [j for j in jobs if _custom_id(j) not in covered]
+        todo = [(cid, j) for cid, j in _requests(jobs) if cid not in covered]
         if todo:
             for chunk in self._chunks(todo):
-                lines = "".join(json.dumps({"custom_id": _custom_id(j), "method": "POST", "url": ENDPOINT,
+                lines = "".join(json.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT,
                                             "body": self.scorer.request_body(j.messages)},
-                                           ensure_ascii=False) + "\n" for j in chunk)
-                keys = [_custom_id(j) for j in chunk]
+                                           ensure_ascii=False) + "\n" for cid, j in chunk)
+                keys = [cid for cid, _ in chunk]
                 upload = await client.files.create(file=("ual-score-batch.jsonl", io.BytesIO(lines.encode())),
                                                    purpose="batch")
                 self.cache.append({"batch": None, "input_file_id": upload.id, "state": "uploaded", "keys": keys})
@@ -140,15 +127,15 @@ class BatchRunner:
             if remaining:
                 await asyncio.sleep(self.poll_interval)
 
-    def _chunks(self, todo: Sequence[Job]):
-        chunk: list[Job] = []
+    def _chunks(self, todo: Sequence[tuple[str, Job]]):
+        chunk: list[tuple[str, Job]] = []
         size = 0
-        for job in todo:
-            line_size = len(json.dumps(self.scorer.request_body(job.messages), ensure_ascii=False)) + 200
+        for item in todo:
+            line_size = len(json.dumps(self.scorer.request_body(item[1].messages), ensure_ascii=False)) + 200
             if chunk and (len(chunk) >= MAX_LINES_PER_BATCH or size + line_size > MAX_BYTES_PER_BATCH):
                 yield chunk
                 chunk, size = [], 0
-            chunk.append(job)
+            chunk.append(item)
             size += line_size
         if chunk:
             yield chunk
@@ -164,63 +151,39 @@ class BatchRunner:
         return None
 
     async def _collect(self, client: Any, batch: Any, rec: dict) -> None:
-        stats = self.scorer.stats
-        redact = self.scorer.redactor.redact
+        scorer, stats = self.scorer, self.scorer.stats
         seen: set[str] = set()
         for file_id in (_get(batch, "output_file_id"), _get(batch, "error_file_id")):
-            if not file_id:
-                continue
-            content = await client.files.content(file_id)
-            for line in content.text.splitlines():
-                if not line.strip():
-                    continue
+            content = (await client.files.content(file_id)).text if file_id else ""
+            for line in content.splitlines():
                 try:
                     item = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                parsed_id = _split_custom_id(item.get("custom_id", ""))
-                if parsed_id is None:
+                key, _, idx = str(item.get("custom_id", "")).rpartition(":")
+                if not key or not idx.isdigit():
                     continue
-                key, idx = parsed_id
                 seen.add(item["custom_id"])
-                if idx in self.cache.replies.get(key, {}):
+                if int(idx) in self.cache.replies.get(key, {}):
                     continue  # collected before
                 stats.requests += 1
                 response = item.get("response") or {}
-                status = response.get("status_code")
                 body = response.get("body") or {}
-                if status != 200 or item.get("error"):
+                if response.get("status_code") != 200 or item.get("error"):
                     err = item.get("error") or (body.get("error") if isinstance(body, dict) else None) or {}
-                    msg = err.get("message") if isinstance(err, dict) else str(err)
-                    reason = f"batch {batch.id}: HTTP {status}: {' '.join(str(msg or 'error').split())[:300]}"
-                    stats.failures[key] = redact(reason)
-                    self.cache.add_failure(key, idx, redact(reason), scorer=self.scorer.scorer_name)
+                    msg = " ".join(str((err.get("message") if isinstance(err, dict) else err) or "error").split())
+                    scorer._fail(key, int(idx), f"batch {batch.id}: HTTP {response.get('status_code')}: {msg[:300]}")
                     continue
-                result = interpret_completion(body, self.scorer.opts.max_score, self.scorer.opts.logprobs)
-                stats.add_usage(result)
-                if result.score is None:
+                stats.add_usage(body.get("usage"))
+                reply = read_choice((body.get("choices") or [{}])[0], scorer.opts.max_score, scorer.opts.logprobs)
+                if reply.score is None:
                     stats.unparsed += 1
-                    stats.failures[key] = redact(result.error or "no score")
-                    self.cache.add_failure(key, idx, redact(result.error or "no score"),
-                                           scorer=self.scorer.scorer_name)
-                    continue
-                stats.replies += 1
-                if self.scorer.opts.logprobs and result.expected is None:
-                    stats.no_logprobs += 1
-                self.cache.add_reply(key, idx, score=result.score, parsed=result.parsed, expected=result.expected,
-                                     reply=redact(result.reply[:200]), usage=[result.tokens_in, result.tokens_out],
-                                     scorer=self.scorer.scorer_name, model=self.scorer.opts.model,
-                                     prompt=self.scorer.prompt_version, batch_id=batch.id)
+                    scorer._fail(key, int(idx), reply.error or "no score")
+                else:
+                    scorer._record(key, int(idx), reply, batch_id=batch.id)
         if _get(batch, "status") != "completed":
-            errors = _get(batch, "errors")
-            detail = ""
-            data = _get(errors, "data") if errors is not None else None
-            if data:
-                detail = ": " + "; ".join(str(_get(e, "message")) for e in data[:3])
-            reason = redact(f"batch {batch.id} ended {batch.status}{detail}")
-            for cid in rec.get("keys") or []:
-                if cid in seen:
-                    continue
-                key, idx = _split_custom_id(cid) or (cid, 0)
-                stats.failures[key] = reason
-                self.cache.add_failure(key, idx, reason, scorer=self.scorer.scorer_name)
+            data = _get(_get(batch, "errors"), "data")
+            detail = ": " + "; ".join(str(_get(e, "message")) for e in data[:3]) if data else ""
+            for cid in set(rec.get("keys") or []) - seen:
+                key, _, idx = cid.rpartition(":")
+                scorer._fail(key, int(idx) if idx.isdigit() else 0, f"batch {batch.id} ended {batch.status}{detail}")

@@ -12,7 +12,9 @@ Line kinds::
     {"key": K, "i": 0, "ok": false, "error": "HTTP 500 after 6 retries"}                   a failure
     {"batch": "batch_abc", "state": "submitted", "keys": [...], "input_file_id": "file-1"} Batch API
 
-Failures are informational: a re-run retries them. The API key is never written here.
+A row asked K times (``--samples K``) is scored once every reply slot has an answer or a failure and
+at least ``min_samples`` answers hold a score: the score is their mean. Failed slots of a row that
+has no score are re-sent by a re-run. The API key is never written here.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class ScoreCache:
         self.path = Path(path) if path is not None else None
         self.fsync = fsync
         self.replies: dict[str, dict[int, dict]] = {}
-        self.failures: dict[str, str] = {}
+        self.failures: dict[str, dict[int, str]] = {}  # key -> reply slot -> why it failed
         self.batches: dict[str, dict] = {}  # batch id (or input file id while pending) -> latest record
         self.n_corrupt = 0
         self._lock = threading.Lock()
@@ -83,23 +85,32 @@ class ScoreCache:
             return
         if rec.get("ok"):
             self.replies.setdefault(key, {})[int(i)] = rec
-            self.failures.pop(key, None)
+            self.failures.get(key, {}).pop(int(i), None)
         else:
-            self.failures[key] = str(rec.get("error", "unknown error"))
-
-    def n_replies(self, key: str) -> int:
-        return len(self.replies.get(key, {}))
+            self.failures.setdefault(key, {})[int(i)] = str(rec.get("error", "unknown error"))
 
     def missing(self, key: str, samples: int) -> list[int]:
+        """Reply slots without an answer (never sent, or failed)."""
         have = self.replies.get(key, {})
         return [i for i in range(samples) if i not in have]
 
-    def score(self, key: str, samples: int) -> float | None:
-        """Mean of the first ``samples`` replies, or None while any is missing."""
+    def usable(self, key: str, samples: int) -> list[float]:
         have = self.replies.get(key, {})
-        if any(i not in have for i in range(samples)):
+        return [float(have[i]["score"]) for i in range(samples) if i in have]
+
+    def score(self, key: str, samples: int = 1, min_samples: int = 1) -> float | None:
+        """Mean of the usable replies once every slot is concluded and at least ``min_samples`` hold a score."""
+        got = self.usable(key, samples)
+        failed = self.failures.get(key, {})
+        if len(got) < min_samples or any(i not in self.replies.get(key, {}) and i not in failed
+                                         for i in range(samples)):
             return None
-        return float(sum(float(have[i]["score"]) for i in range(samples)) / samples)
+        return float(sum(got) / len(got))
+
+    def failure(self, key: str) -> str | None:
+        """Why a slot of ``key`` failed (the first one), if any did."""
+        failed = self.failures.get(key)
+        return failed[min(failed)] if failed else None
 
     # -- writing ----------------------------------------------------------------------------------
     def append(self, rec: dict) -> None:

@@ -1,19 +1,20 @@
 """Scoring through an OpenAI-compatible chat endpoint with the official ``openai`` client.
 
-Bounded concurrency (a pool of asyncio workers), our own retries (the client's are off) with
-exponential backoff and jitter that honour ``retry-after`` / ``retry-after-ms``, a shared pause
-after a 429 so all workers back off together, a one-time fallback when the server rejects
-structured output or another optional parameter, and every reply appended to the cache as it
-arrives. The API key is only ever handed to the client; every message we print or store passes
-through :func:`Redactor.redact`.
+The client itself retries 429, 5xx, 408/409, timeouts and connection errors (``max_retries``) and
+honours ``retry-after``. What only this tool knows rides on httpx event hooks: an error no retry
+fixes (a refused ``response_format``, ``insufficient_quota``) is marked ``x-should-retry: false``;
+every attempt is counted by what happened to the one before; a 429 pauses new requests; timeouts
+and replies slower than half the timeout lower the concurrency. On top: the structured-output mode
+adapts once per run (json_schema, json_object, plain text), ``n`` carries ``--samples`` where the
+server honours it, and an unusable reply gets a follow-up turn asking for only the score. The key
+is only handed to the client; every message printed or stored passes through :class:`Redactor`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import itertools
 import os
-import random
 import sys
 import time
 from collections import Counter
@@ -22,12 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ual_plugin.scoring.cache import ScoreCache
-from ual_plugin.scoring.parse import ScoreParseError, expected_score, parse_score
+from ual_plugin.scoring.options import ScoreOptions
+from ual_plugin.scoring.parse import Reply, read_choice
 from ual_plugin.scoring.prompts import response_format_schema
 
 KEY_ENV_VARS = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN")
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 TOP_LOGPROBS = 20
+FORMATS = ("json_schema", "json_object", "none")
+REASK = "Reply with only the score: a whole number from 0 to {max_score}."
+_RETRY = object()  # the request changed (format or parameter dropped): send it again
 
 
 class FatalAPIError(RuntimeError):
@@ -38,37 +43,11 @@ class ConfigError(ValueError):
     """Missing key / endpoint configuration."""
 
 
-@dataclass
-class ApiOptions:
-    model: str = "gpt-4o"
-    base_url: str | None = None
-    api_key: str | None = field(default=None, repr=False)  # default: OPENAI_API_KEY / Azure variables
-    concurrency: int = 16
-    samples: int = 1
-    logprobs: bool = False
-    temperature: float | None = None  # default: 0 for one sample, 1 when averaging several
-    structured: bool = True
-    max_retries: int = 6
-    retry_base_delay: float = 1.0
-    max_retry_wait: float = 120.0
-    timeout: float = 60.0
-    max_tokens: int | None = None
-    parse_retries: int = 1
-    max_score: float = 99
-
-    @property
-    def effective_temperature(self) -> float:
-        if self.temperature is not None:
-            return float(self.temperature)
-        return 0.0 if self.samples == 1 else 1.0
-
-
 class Redactor:
     """Removes every known secret (the key in use and the key variables) from text."""
 
     def __init__(self, *secrets: str | None) -> None:
-        values = {s for s in secrets if s}
-        values |= {os.environ[v] for v in KEY_ENV_VARS if os.environ.get(v)}
+        values = {s for s in secrets if s} | {os.environ[v] for v in KEY_ENV_VARS if os.environ.get(v)}
         self.secrets = sorted((s for s in values if len(s) >= 4), key=len, reverse=True)
 
     def redact(self, text: Any) -> str:
@@ -78,186 +57,306 @@ class Redactor:
         return text
 
 
-def using_azure(opts: ApiOptions) -> bool:
-    return (opts.base_url is None and bool(os.environ.get("AZURE_OPENAI_ENDPOINT"))
-            and bool(os.environ.get("AZURE_OPENAI_API_KEY") or os.environ.get("AZURE_OPENAI_AD_TOKEN")))
-
-
-def make_client(opts: ApiOptions) -> Any:
-    """AsyncOpenAI (or AsyncAzureOpenAI when the Azure variables are set and no base URL is given)."""
+def make_client(opts: ScoreOptions, hooks: dict[str, list] | None = None, sync: bool = False) -> Any:
+    """AsyncOpenAI (AsyncAzureOpenAI with the Azure variables and no base URL), retrying on its own."""
     import openai
 
-    common = {"max_retries": 0, "timeout": opts.timeout}
-    if using_azure(opts):
-        return openai.AsyncAzureOpenAI(
-            api_key=opts.api_key or os.environ.get("AZURE_OPENAI_API_KEY") or None,
-            azure_ad_token=os.environ.get("AZURE_OPENAI_AD_TOKEN") or None,
-            azure_endpoint=os.environ["AZURE_OPENAI_ENDPOINT"],
-            api_version=os.environ.get("OPENAI_API_VERSION") or DEFAULT_AZURE_API_VERSION,
-            **common,
-        )
+    common: dict[str, Any] = {"max_retries": opts.max_retries, "timeout": opts.timeout}
+    if hooks:
+        common["http_client"] = openai.DefaultAsyncHttpxClient(event_hooks=hooks)
+    if opts.azure:
+        cls = openai.AzureOpenAI if sync else openai.AsyncAzureOpenAI
+        return cls(api_key=opts.api_key or os.environ.get("AZURE_OPENAI_API_KEY") or None,
+                   azure_ad_token=os.environ.get("AZURE_OPENAI_AD_TOKEN") or None,
+                   azure_endpoint=os.environ["AZURE_OPENAI_ENDPOINT"],
+                   api_version=os.environ.get("OPENAI_API_VERSION") or DEFAULT_AZURE_API_VERSION, **common)
     key = opts.api_key or os.environ.get("OPENAI_API_KEY")
-    base_url = opts.base_url or os.environ.get("OPENAI_BASE_URL") or None
     if not key:
-        if base_url is None:
-            raise ConfigError(
-                "no API key: set OPENAI_API_KEY (or AZURE_OPENAI_API_KEY + AZURE_OPENAI_ENDPOINT + "
-                "OPENAI_API_VERSION for Azure), or pass --base-url for a local server, or use --scorer ppl"
-            )
+        if opts.endpoint is None:
+            raise ConfigError("no API key: set OPENAI_API_KEY (or AZURE_OPENAI_API_KEY + AZURE_OPENAI_ENDPOINT + "
+                              "OPENAI_API_VERSION for Azure), or pass --base-url for a local server, or use "
+                              "--scorer ppl")
         key = "not-needed"  # local servers (vLLM, Ollama, llama.cpp) accept any key
-    return openai.AsyncOpenAI(api_key=key, base_url=base_url, **common)
+    return (openai.OpenAI if sync else openai.AsyncOpenAI)(api_key=key, base_url=opts.endpoint, **common)
 
 
-def retry_after_seconds(headers: Any) -> float | None:
-    """Seconds the server asked us to wait (``retry-after-ms``, ``retry-after``: seconds or a date)."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
+def served_model(opts: ScoreOptions) -> str:
+    """The model of a custom endpoint that serves exactly one (``GET /v1/models``), else ConfigError."""
+    import openai
+
+    redact = Redactor(opts.api_key).redact
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+        names = [m.id for m in make_client(opts, sync=True).with_options(max_retries=2).models.list()]
+    except openai.OpenAIError as err:
+        raise ConfigError(redact(f"no --model given and {opts.endpoint}/models could not be listed "
+                                 f"({type(err).__name__}: {_err_text(err)}); pass --model")) from None
+    if len(names) != 1:
+        raise ConfigError(f"no --model given and {opts.endpoint} serves {len(names)} models "
+                          f"({', '.join(names[:10]) or 'none'}): pass --model NAME")
+    return names[0]
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
+    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
 
 
-@dataclass
-class Interpreted:
-    """A completion turned into a score (or the reason it could not be)."""
-
-    score: float | None
-    parsed: float | None
-    expected: float | None
-    reply: str
-    tokens_in: int
-    tokens_out: int
-    error: str | None = None
-    usage_known: bool = True
-
-
-def interpret_completion(completion: Any, max_score: float, logprobs: bool) -> Interpreted:
-    """Works on the client's ChatCompletion objects and on plain dicts (Batch API output lines)."""
-    usage = _get(completion, "usage")
-    tin = int(_get(usage, "prompt_tokens", 0) or 0) if usage is not None else 0
-    tout = int(_get(usage, "completion_tokens", 0) or 0) if usage is not None else 0
-    choices = _get(completion, "choices") or []
-    if not choices:
-        return Interpreted(None, None, None, "", tin, tout, "reply has no choices", usage is not None)
-    choice = choices[0]
-    message = _get(choice, "message")
-    text = _get(message, "content") or ""
-    refusal = _get(message, "refusal")
-    try:
-        parsed = parse_score(text, max_score)
-    except ScoreParseError as err:
-        why = f"model refused: {refusal}" if refusal and not text else f"no score in reply: {err}"
-        return Interpreted(None, None, None, text, tin, tout, why, usage is not None)
-    expected = None
-    if logprobs:
-        lp = _get(choice, "logprobs")
-        expected = expected_score(_get(lp, "content") if lp is not None else None, parsed, max_score)
-    score = expected if expected is not None else parsed.value
-    return Interpreted(score, parsed.value, expected, text, tin, tout, None, usage is not None)
+def _err_text(err: Any) -> str:
+    body = _get(err, "body")
+    msg = _get(body, "message") if isinstance(body, dict) else None
+    return " ".join(str(msg or _get(err, "message") or err).split())[:300]
 
 
 @dataclass
 class RunStats:
-    requests: int = 0
-    replies: int = 0
+    requests: int = 0  # HTTP attempts, retries included
+    replies: int = 0  # replies that held a score
     tokens_in: int = 0
     tokens_out: int = 0
     usage_missing: int = 0
-    retries: Counter = field(default_factory=Counter)  # reason -> count
+    retries: Counter = field(default_factory=Counter)  # why an attempt was retried -> count
     unparsed: int = 0
-    no_logprobs: int = 0
+    logprob_notes: Counter = field(default_factory=Counter)  # why --logprobs kept the parsed score -> count
     failures: dict[str, str] = field(default_factory=dict)  # cache key -> reason
     notes: list[str] = field(default_factory=list)
     fatal: str | None = None
     elapsed: float = 0.0
 
-    def add_usage(self, it: Interpreted) -> None:
-        self.tokens_in += it.tokens_in
-        self.tokens_out += it.tokens_out
-        if not it.usage_known:
+    def add_usage(self, usage: Any) -> None:
+        if usage is None:
             self.usage_missing += 1
+            return
+        self.tokens_in += int(_get(usage, "prompt_tokens", 0) or 0)
+        self.tokens_out += int(_get(usage, "completion_tokens", 0) or 0)
 
 
 @dataclass
 class Job:
     key: str
-    index: int  # which of the K samples
+    slots: list[int]  # which of the --samples replies are missing
     messages: list[dict[str, str]]
 
 
-class ApiScorer:
-    """Runs jobs against the endpoint; results go to ``cache``; returns :class:`RunStats`."""
+class _Limiter:
+    """At most ``limit`` requests in flight; the limit can be lowered while running."""
 
-    def __init__(self, opts: ApiOptions, cache: ScoreCache, scorer_name: str, prompt_version: str,
-                 progress: bool | None = None, client: Any = None) -> None:
-        self.opts = opts
-        self.cache = cache
-        self.scorer_name = scorer_name
-        self.prompt_version = prompt_version
-        self.progress = progress
-        self._client = client
+    def __init__(self, limit: int) -> None:
+        self.limit, self.active, self.cond = limit, 0, asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self.cond:
+            await self.cond.wait_for(lambda: self.active < self.limit)
+            self.active += 1
+
+    async def __aexit__(self, *exc: Any) -> None:
+        async with self.cond:
+            self.active -= 1
+            self.cond.notify_all()
+
+
+class ApiScorer:
+    """Runs jobs against the endpoint; replies go to ``cache``; ``stats`` says how it went."""
+
+    def __init__(self, opts: ScoreOptions, cache: ScoreCache, scorer_name: str, prompt_version: str,
+                 max_tokens: int) -> None:
+        self.opts, self.cache, self.scorer_name, self.prompt_version = opts, cache, scorer_name, prompt_version
+        self.max_tokens = max_tokens
         self.redactor = Redactor(opts.api_key)
         self.stats = RunStats()
-        self.dropped: set[str] = set() if opts.structured else {"response_format"}
-        self._pause_until = 0.0
+        self.format = "json_schema" if opts.response_format == "auto" else opts.response_format
+        self.dropped: set[str] = set()
+        self.token_param = "max_tokens"
+        self.n_honoured = True
+        self._attempts: dict[str, list] = {}  # call id -> [start time, status of the last attempt]
+        self._ids = itertools.count()
+        self._pause_until = self._lowered_at = 0.0
+        self.limiter: _Limiter | None = None
 
-    # -- request construction ---------------------------------------------------------------------
-    def request_body(self, messages: Sequence[dict[str, str]]) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.opts.model, "messages": list(messages)}
-        if "response_format" not in self.dropped:
+    # -- requests -----------------------------------------------------------------------------------
+    def request_body(self, messages: Sequence[dict[str, str]], n: int = 1) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.opts.model, "messages": list(messages),
+                                self.token_param: self.max_tokens}
+        if self.format == "json_schema":
             body["response_format"] = response_format_schema(int(self.opts.max_score))
+        elif self.format == "json_object":
+            body["response_format"] = {"type": "json_object"}
         if "temperature" not in self.dropped:
             body["temperature"] = self.opts.effective_temperature
         if self.opts.logprobs and "logprobs" not in self.dropped:
-            body["logprobs"] = True
-            body["top_logprobs"] = TOP_LOGPROBS
-        if self.opts.max_tokens:
-            body["max_tokens"] = self.opts.max_tokens
+            body["logprobs"], body["top_logprobs"] = True, TOP_LOGPROBS
+        if n > 1:
+            body["n"] = n
         return body
 
-    def _drop_rejected_param(self, err: Any, body: dict[str, Any]) -> str | None:
-        """After a 400: the optional parameter the server objected to (dropped for the rest of the run)."""
-        text = f"{_get(err, 'param') or ''} {_get(err, 'message') or ''}".lower()
-        optional = ["response_format", "top_logprobs", "logprobs", "temperature"]
-        named = [p for p in optional if p in body and p.replace("_", "") in text.replace("_", "")]
-        if not named and "response_format" in body and any(w in text for w in ("json", "schema", "format", "structured")):
-            named = ["response_format"]
-        if not named:
-            return None
-        for p in named:
-            if p not in self.dropped:  # first worker to hit it: remember and say so once
-                self.dropped.add(p)
-                if p == "top_logprobs":
-                    self.dropped.add("logprobs")
-                msg = self.redactor.redact(_get(err, "message") or "")
-                self.stats.notes.append(f"the server rejected `{p}` (HTTP 400: {msg[:160]}); "
-                                        f"continuing without it")
-        return named[0]  # (possibly dropped already by a worker whose request was in flight too)
+    def _note(self, text: str) -> None:
+        self.stats.notes.append(self.redactor.redact(text))
 
-    # -- the run ----------------------------------------------------------------------------------
+    def _adapt(self, body: dict[str, Any], status: int, text: str) -> bool:
+        """After a refusal: change the request for the rest of the run (True), or not (False)."""
+        low = text.lower()
+        if "response_format" in body and "response_format" in low:
+            sent = body["response_format"]["type"]
+            if sent == self.format:  # the first refusal decides; requests in flight just follow
+                if self.opts.response_format != "auto":
+                    raise FatalAPIError(f"the server refuses response_format {sent} (HTTP {status}: {text[:160]}); "
+                                        "try --response-format auto")
+                self.format = FORMATS[FORMATS.index(sent) + 1]
+                self._note(f"the server refused response_format {sent} (HTTP {status}: {text[:160]}); "
+                           f"using {'plain text' if self.format == 'none' else self.format} for the rest of the run")
+            return True
+        if self.token_param in body and "max_completion_tokens" in low and self.token_param == "max_tokens":
+            self.token_param = "max_completion_tokens"
+            return True
+        named = [p for p in ("top_logprobs", "logprobs", "temperature", "n") if p in body and f"'{p}'" in
+                 low.replace('"', "'").replace("`", "'")] if status in (400, 422) else []
+        for p in named:
+            if p == "n":
+                self.n_honoured = False
+            elif p not in self.dropped:
+                self.dropped.add("logprobs" if p == "top_logprobs" else p)
+                self._note(f"the server rejected `{p}` (HTTP {status}: {text[:160]}); continuing without it")
+        return bool(named)
+
+    # -- httpx hooks: what the client's own retries cannot know --------------------------------------
+    async def _on_request(self, request: Any) -> None:
+        call = request.headers.get("x-ual-call")
+        if call is None:
+            return
+        self.stats.requests += 1
+        now, prev = time.monotonic(), self._attempts.get(call)
+        if prev is not None:  # a retry: say why the attempt before it failed
+            if prev[1] is None:
+                reason = "timeout" if now - prev[0] >= 0.9 * self.opts.timeout else "connection error"
+                if reason == "timeout":
+                    self._lower("timeouts")
+            else:
+                reason = "HTTP 429 (rate limited)" if prev[1] == 429 else f"HTTP {prev[1]} (server error)"
+            self.stats.retries[reason] += 1
+        self._attempts[call] = [now, None]
+
+    async def _on_response(self, response: Any) -> None:
+        attempt = self._attempts.get(response.request.headers.get("x-ual-call", ""))
+        if attempt is None:
+            return
+        attempt[1] = response.status_code
+        if response.status_code < 400:
+            if time.monotonic() - attempt[0] > self.opts.timeout / 2:
+                self._lower("replies slower than half the timeout")
+            return
+        text = (await response.aread()).decode("utf-8", "replace").lower()
+        if ("response_format" in text and b"response_format" in response.request.content) \
+                or "insufficient_quota" in text:
+            response.headers["x-should-retry"] = "false"
+        elif response.status_code == 429:
+            h = response.headers
+            try:
+                wait = float(h["retry-after-ms"]) / 1000 if "retry-after-ms" in h else float(h.get("retry-after", 1))
+            except ValueError:
+                wait = 1.0
+            self._pause_until = max(self._pause_until, time.monotonic() + min(wait, 120.0))
+
+    def _lower(self, why: str) -> None:
+        lim = self.limiter
+        if lim is None or lim.limit == 1 or time.monotonic() - self._lowered_at < self.opts.timeout / 2:
+            return
+        self._lowered_at = time.monotonic()
+        self._note(f"{why} at concurrency {lim.limit}: lowered to {max(1, lim.limit // 2)}")
+        lim.limit = max(1, lim.limit // 2)
+
+    # -- one request ----------------------------------------------------------------------------------
+    async def _call(self, client: Any, body: dict[str, Any]) -> Any:
+        """The completion, :data:`_RETRY` when the request must change, or the reason it failed (str)."""
+        import openai
+
+        while (delay := self._pause_until - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+        call = str(next(self._ids))
+        try:
+            async with self.limiter:  # type: ignore[union-attr]
+                return await client.chat.completions.create(**body, extra_headers={"x-ual-call": call})
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as err:
+            what = {401: "authentication failed (check the API key)", 403: "permission denied",
+                    404: f"not found (is the model/deployment {self.opts.model!r} right? is --base-url right?)"}
+            raise FatalAPIError(f"HTTP {err.status_code}: {what[err.status_code]}: {_err_text(err)}") from None
+        except openai.APIStatusError as err:
+            text, status = _err_text(err), err.status_code
+            if "insufficient_quota" in f"{_get(err, 'code')} {text}":
+                raise FatalAPIError(f"HTTP 429 insufficient_quota: {text}") from None
+            if self._adapt(body, status, text):
+                return _RETRY
+            retried = f" after {self.opts.max_retries} retries" if status == 429 or status >= 500 else ""
+            kind = {429: " (rate limited)", 400: " (bad request)"}.get(status, " (server error)" if status >= 500 else "")
+            return f"HTTP {status}{kind}{retried}: {text}"
+        except openai.APITimeoutError:
+            return f"timeout after {self.opts.max_retries} retries (--timeout {self.opts.timeout:g} s)"
+        except openai.APIConnectionError as err:
+            return f"connection error after {self.opts.max_retries} retries: {_err_text(err.__cause__ or err)}"
+        finally:
+            self._attempts.pop(call, None)
+
+    async def _complete(self, client: Any, messages: list[dict[str, str]], n: int = 1) -> Any:
+        while (out := await self._call(client, self.request_body(messages, n))) is _RETRY:
+            pass
+        return out
+
+    # -- one row ------------------------------------------------------------------------------------------
+    async def _run_job(self, client: Any, job: Job) -> None:
+        slots = list(job.slots)
+        while slots and not self.stats.fatal:
+            n = len(slots) if self.n_honoured and len(slots) > 1 else 1
+            completion = await self._complete(client, job.messages, n)
+            if isinstance(completion, str):
+                for slot in slots:
+                    self._fail(job.key, slot, completion)
+                return
+            self.stats.add_usage(_get(completion, "usage"))
+            choices = list(_get(completion, "choices") or [])
+            if n > 1 and len(choices) < n and self.n_honoured:
+                self.n_honoured = False
+                self._note(f"the server answered `n={n}` with {len(choices)} choice(s): sending one request "
+                           "per sample instead")
+            if not choices:
+                self._fail(job.key, slots.pop(0), "reply has no choices")
+            for choice in choices[:len(slots)]:
+                slot = slots.pop(0)
+                reply = read_choice(choice, self.opts.max_score, self.opts.logprobs)
+                for _ in range(self.opts.parse_retries):
+                    if reply.score is not None:
+                        break
+                    self.stats.unparsed += 1
+                    reply = await self._reask(client, job, reply)
+                if reply.score is None:
+                    self.stats.unparsed += 1
+                    self._fail(job.key, slot, reply.error or "no score")
+                else:
+                    self._record(job.key, slot, reply)
+
+    async def _reask(self, client: Any, job: Job, reply: Reply) -> Reply:
+        """A follow-up turn asking for only the score: a changed request, so even greedy decoding can answer."""
+        follow = [*job.messages, {"role": "assistant", "content": reply.text},
+                  {"role": "user", "content": REASK.format(max_score=self.opts.max_score)}]
+        completion = await self._complete(client, follow)
+        if isinstance(completion, str):
+            return Reply(reply.text, error=completion)
+        self.stats.add_usage(_get(completion, "usage"))
+        choices = _get(completion, "choices") or []
+        return read_choice(choices[0], self.opts.max_score, self.opts.logprobs) if choices else reply
+
+    def _record(self, key: str, slot: int, reply: Reply, **extra: Any) -> None:
+        self.stats.replies += 1
+        if reply.logprob_note:
+            self.stats.logprob_notes[reply.logprob_note] += 1
+        self.cache.add_reply(key, slot, score=reply.score, parsed=reply.parsed, expected=reply.expected,
+                             reply=self.redactor.redact(reply.text[:200]), scorer=self.scorer_name,
+                             model=self.opts.model, prompt=self.prompt_version, **extra)
+
+    def _fail(self, key: str, slot: int, reason: str) -> None:
+        reason = self.redactor.redact(reason)
+        self.stats.failures[key] = reason
+        self.cache.add_failure(key, slot, reason, scorer=self.scorer_name)
+
+    # -- the run --------------------------------------------------------------------------------------------
     def run(self, jobs: Sequence[Job]) -> RunStats:
-        """Blocking entry point (runs its own event loop, in a thread if one is already running)."""
+        """Blocking entry point (its own event loop; in a thread if one is already running)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -271,119 +370,32 @@ class ApiScorer:
         from tqdm.auto import tqdm
 
         t0 = time.monotonic()
-        client = self._client or make_client(self.opts)
-        disable = (not sys.stderr.isatty()) if self.progress is None else not self.progress
-        bar = tqdm(total=len(jobs), unit="req", desc="scoring", disable=disable, dynamic_ncols=True,
-                   smoothing=0.1)
-        it = iter(jobs)
+        self.limiter = _Limiter(self.opts.concurrency)
+        client = make_client(self.opts, {"request": [self._on_request], "response": [self._on_response]})
+        disable = (not sys.stderr.isatty()) if self.opts.progress is None else not self.opts.progress
+        bar = tqdm(total=len(jobs), unit="row", desc="scoring", disable=disable, dynamic_ncols=True, smoothing=0.1)
+        # the first row goes alone: the response format, the model and the key are settled before the rest
+        first = 1
+        rest = iter(jobs[first:])
 
-        async def worker() -> None:
-            for job in it:
+        async def work(todo: Any) -> None:
+            for job in todo:
                 if self.stats.fatal:
                     return
-                await self._run_job(client, job)
+                try:
+                    await self._run_job(client, job)
+                except FatalAPIError as err:
+                    self.stats.fatal = self.redactor.redact(str(err))
                 bar.update(1)
                 if self.stats.failures or self.stats.retries:
                     bar.set_postfix(failed=len(self.stats.failures), retries=sum(self.stats.retries.values()),
                                     refresh=False)
 
         try:
-            await asyncio.gather(*(worker() for _ in range(max(1, min(self.opts.concurrency, len(jobs))))))
+            await work(jobs[:first])
+            await asyncio.gather(*(work(rest) for _ in range(min(self.opts.concurrency, max(0, len(jobs) - first)))))
         finally:
             bar.close()
             self.stats.elapsed = time.monotonic() - t0
-            if self._client is None:
-                await client.close()
+            await client.close()
         return self.stats
-
-    async def _wait_for_pause(self) -> None:
-        while True:
-            delay = self._pause_until - time.monotonic()
-            if delay <= 0:
-                return
-            await asyncio.sleep(delay)
-
-    def _backoff(self, attempt: int, hinted: float | None) -> float:
-        if hinted is not None:
-            return min(hinted, self.opts.max_retry_wait)
-        base = self.opts.retry_base_delay * (2 ** attempt)
-        return min(self.opts.max_retry_wait, base) * (0.5 + random.random() / 2)
-
-    def _fail(self, job: Job, reason: str) -> None:
-        reason = self.redactor.redact(reason)
-        self.stats.failures[job.key] = reason
-        self.cache.add_failure(job.key, job.index, reason, scorer=self.scorer_name)
-
-    async def _run_job(self, client: Any, job: Job) -> None:
-        import openai
-
-        transient = 0
-        parse_failures = 0
-        while True:
-            if self.stats.fatal:
-                return
-            await self._wait_for_pause()
-            body = self.request_body(job.messages)
-            self.stats.requests += 1
-            try:
-                completion = await client.chat.completions.create(**body)
-            except openai.BadRequestError as err:
-                if self._drop_rejected_param(err, body):
-                    continue
-                return self._fail(job, f"HTTP 400 (bad request): {_err_text(err)}")
-            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as err:
-                what = {401: "authentication failed (check the API key)", 403: "permission denied",
-                        404: f"not found (is the model/deployment {self.opts.model!r} right? is --base-url right?)"}
-                self.stats.fatal = self.redactor.redact(
-                    f"HTTP {err.status_code}: {what.get(err.status_code, '')}: {_err_text(err)}")
-                return
-            except openai.APIStatusError as err:
-                status = err.status_code
-                code = _get(err, "code")
-                if status == 429 and code == "insufficient_quota":
-                    self.stats.fatal = self.redactor.redact(f"HTTP 429 insufficient_quota: {_err_text(err)}")
-                    return
-                if status == 429 or status >= 500 or status in (408, 409):
-                    reason = "HTTP 429 (rate limited)" if status == 429 else f"HTTP {status} (server error)"
-                    if transient >= self.opts.max_retries:
-                        return self._fail(job, f"{reason} after {transient} retries: {_err_text(err)}")
-                    wait = self._backoff(transient, retry_after_seconds(err.response.headers))
-                    if status == 429:
-                        self._pause_until = max(self._pause_until, time.monotonic() + wait)
-                    transient += 1
-                    self.stats.retries[reason] += 1
-                    await asyncio.sleep(wait)
-                    continue
-                return self._fail(job, f"HTTP {status}: {_err_text(err)}")
-            except (openai.APITimeoutError, openai.APIConnectionError) as err:
-                reason = "timeout" if isinstance(err, openai.APITimeoutError) else "connection error"
-                if transient >= self.opts.max_retries:
-                    return self._fail(job, f"{reason} after {transient} retries")
-                transient += 1
-                self.stats.retries[reason] += 1
-                await asyncio.sleep(self._backoff(transient - 1, None))
-                continue
-            result = interpret_completion(completion, self.opts.max_score, "logprobs" in body)
-            self.stats.add_usage(result)
-            if result.score is None:
-                self.stats.unparsed += 1
-                parse_failures += 1
-                if parse_failures > self.opts.parse_retries:
-                    return self._fail(job, result.error or "no score")
-                continue
-            if "logprobs" in body and result.expected is None:
-                self.stats.no_logprobs += 1
-            self.stats.replies += 1
-            self.cache.add_reply(
-                job.key, job.index, score=result.score, parsed=result.parsed, expected=result.expected,
-                reply=self.redactor.redact(result.reply[:200]), usage=[result.tokens_in, result.tokens_out],
-                scorer=self.scorer_name, model=self.opts.model, prompt=self.prompt_version,
-            )
-            return
-
-
-def _err_text(err: Any) -> str:
-    body = _get(err, "body")
-    msg = _get(body, "message") if isinstance(body, dict) else None
-    text = " ".join(str(msg or _get(err, "message") or err).split())
-    return text[:300]

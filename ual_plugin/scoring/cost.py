@@ -59,14 +59,16 @@ class Pricing:
 
     @classmethod
     def resolve(cls, model: str, price_in: float | None = None, price_out: float | None = None,
-                batch: bool = False) -> Pricing:
+                batch: bool = False, openai_hosted: bool = True) -> Pricing:
+        """Prices given, else the table's for a model OpenAI hosts; a custom endpoint's cost is unknown."""
+        table = price_for(model) if openai_hosted else None
         if price_in is not None or price_out is not None:
-            table = price_for(model) or (None, None)
+            table = table or (None, None)
             return cls(model, price_in if price_in is not None else table[0],
                        price_out if price_out is not None else table[1], "--price-in/--price-out", batch)
-        known = price_for(model)
-        if known is None:
-            return cls(model, None, None, "unknown", batch)
+        if table is None:
+            return cls(model, None, None, "unknown" if openai_hosted else "custom endpoint", batch)
+        known = table
         return cls(model, known[0], known[1], f"price table of {PRICES_AS_OF}", batch)
 
     def cost(self, tokens_in: int, tokens_out: int) -> float | None:
@@ -78,8 +80,8 @@ class Pricing:
     def describe(self, tokens_in: int, tokens_out: int) -> str:
         cost = self.cost(tokens_in, tokens_out)
         if cost is None:
-            return (f"cost unknown (no price for {self.model!r}; pass --price-in/--price-out in USD per "
-                    "1M tokens)")
+            why = "a custom endpoint" if self.source == "custom endpoint" else f"no price for {self.model!r}"
+            return f"cost unknown ({why}; pass --price-in/--price-out in USD per 1M tokens)"
         tier = ", Batch API -50%" if self.batch else ""
         return f"${cost:,.4f} ({self.source}: ${self.price_in}/1M in, ${self.price_out}/1M out{tier})"
 

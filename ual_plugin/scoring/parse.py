@@ -1,6 +1,9 @@
-"""Reading a score out of a model reply: JSON ``{"score": N}`` first, else a reply holding one number.
+"""Reading a score out of a judge's reply, only where the reply states it as the score.
 
-Also the logprob variant: the expected score over the score tokens' top alternatives.
+Accepted: a JSON ``score`` field, a reply that is just the number, or an explicit ``score: N`` /
+``rating of N`` / ``N/99`` / ``N out of 99``. Any other number ("70 seconds", "98.5% of the time")
+is not a score, and a reply without one has none. Also the logprob variant: the expected score
+over the alternatives of a whole-number score token.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
-_NUMBER_ANY = re.compile(r"-?\d+(?:\.\d+)?")
+_NUM = r"(-?\d+(?:\.\d+)?)(?![\d%]|\.\d)"
 _JSON_OBJECT = re.compile(r"\{[^{}]*\}", re.S)
-_SCORE_KEYS = ("score", "uncertainty", "rating", "value")
+_KEYS = ("score", "uncertainty", "rating")
+_KEYED = re.compile(r"\b(?:uncertainty\s+)?(?:score|rating|uncertainty)\b\"?\s*(?:is|of|would be|=|:)?\s*[:=]?"
+                    r"\s*\**\s*" + _NUM, re.I)
+_RATE = re.compile(r"\brated? (?:this|it)(?: sample)?(?: (?:as|at))?(?: an?)?\s+\**" + _NUM, re.I)
+_BARE = re.compile(r"[^\w-]*" + _NUM + r"\W*", re.S)
+DIGIT_SPLIT = "the score spanned several tokens or its alternatives were single digits"
 
 
 class ScoreParseError(ValueError):
@@ -34,95 +41,106 @@ def _quote(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
-def _check_range(value: float, max_score: float, reply: str) -> float:
-    if not math.isfinite(value) or value < 0 or value > max_score:
-        raise ScoreParseError(f"score {value:g} is outside 0..{max_score:g} in reply {_quote(reply)}")
-    return float(value)
-
-
 def parse_score(reply: str | None, max_score: float = 99) -> ParsedScore:
-    """The score in ``reply`` or :class:`ScoreParseError`.
-
-    Accepted: a JSON object with a ``score`` key (also inside a code fence or surrounded by text),
-    or plain text holding exactly one number (``"42"``, ``"Score: 42"``, ``"42/99"``).
-    """
+    """The score stated in ``reply``, or :class:`ScoreParseError` saying why there is none."""
     if reply is None or not reply.strip():
-        raise ScoreParseError("empty reply")
+        raise ScoreParseError("no score: empty reply")
     for m in _JSON_OBJECT.finditer(reply):
         try:
             obj = json.loads(m.group(0))
         except json.JSONDecodeError:
             continue
-        if not isinstance(obj, dict):
+        found = {str(k).lower(): v for k, v in obj.items()} if isinstance(obj, dict) else {}
+        key = next((k for k in _KEYS if k in found), None)
+        if key is None:
             continue
-        lowered = {str(k).lower(): v for k, v in obj.items()}
-        for key in _SCORE_KEYS:
-            if key in lowered:
-                raw = lowered[key]
-                if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-                    raise ScoreParseError(f"'{key}' is not a number in reply {_quote(reply)}")
-                try:
-                    value = float(raw)
-                except ValueError:
-                    raise ScoreParseError(f"'{key}' is not a number in reply {_quote(reply)}") from None
-                obj_text = m.group(0)
-                key_at = obj_text.lower().find(f'"{key}"')
-                num = _NUMBER_ANY.search(obj_text, max(key_at, 0) + len(key) + 2)
-                start, end = (m.start() + num.start(), m.start() + num.end()) if num else (m.start(), m.end())
-                return ParsedScore(_check_range(value, max_score, reply), start, end)
-    numbers = list(_NUMBER.finditer(reply))
-    # "42/99" or "42 out of 99": the denominator is the scale, not a second score
-    kept = []
-    for i, m in enumerate(numbers):
-        before = reply[numbers[i - 1].end():m.start()] if i else ""
-        if i and re.fullmatch(r"\s*(?:/|out of)\s*", before) and float(m.group(0)) == float(max_score):
-            continue
-        kept.append(m)
-    if not kept:
-        raise ScoreParseError(f"no number in reply {_quote(reply)}")
-    if len({float(m.group(0)) for m in kept}) > 1:
-        raise ScoreParseError(f"{len(kept)} different numbers in reply {_quote(reply)}; expected one score")
-    m = kept[0]
-    return ParsedScore(_check_range(float(m.group(0)), max_score, reply), m.start(), m.end())
+        raw = found[key]
+        try:
+            value = float(raw) if isinstance(raw, (int, float, str)) and not isinstance(raw, bool) else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise ScoreParseError(f"'{key}' is not a number in reply {_quote(reply)}")
+        num = re.compile(_NUM).search(m.group(0), m.group(0).lower().find(f'"{key}"') + len(key) + 2)
+        start, end = (m.start() + num.start(1), m.start() + num.end(1)) if num else (m.start(), m.end())
+        return _in_range(ParsedScore(value, start, end), max_score, reply)
+    bare = _BARE.fullmatch(reply)
+    if bare:
+        return _in_range(ParsedScore(float(bare.group(1)), bare.start(1), bare.end(1)), max_score, reply)
+    scale = re.compile(_NUM + rf"\s*(?:/|out of)\s*{int(max_score)}\b", re.I)
+    found_at = {m.start(1): m for rx in (_KEYED, _RATE, scale) for m in rx.finditer(reply)}
+    if not found_at:
+        raise ScoreParseError(f"no score in reply {_quote(reply)}")
+    values = {float(m.group(1)) for m in found_at.values()}
+    if len(values) > 1:
+        raise ScoreParseError(f"{len(values)} different scores in reply {_quote(reply)}")
+    m = found_at[min(found_at)]
+    return _in_range(ParsedScore(float(m.group(1)), m.start(1), m.end(1)), max_score, reply)
 
 
-def _get(obj: Any, name: str) -> Any:
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+def _in_range(p: ParsedScore, max_score: float, reply: str) -> ParsedScore:
+    if not math.isfinite(p.value) or p.value < 0 or p.value > max_score:
+        raise ScoreParseError(f"score {p.value:g} is outside 0..{max_score:g} in reply {_quote(reply)}")
+    return p
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
 
 
 def expected_score(tokens: Sequence[Any] | None, parsed: ParsedScore, max_score: float = 99) -> float | None:
-    """Expected score over the alternatives at the score token, or None when it cannot be computed.
+    """Expected score over the alternatives of the score token, or None where that is not sound.
 
-    ``tokens`` is ``choice.logprobs.content`` (objects or dicts with ``token``, ``logprob`` and
-    ``top_logprobs``). The number in the reply must be a single token (true for 0..999 with OpenAI's
-    tokenizers); alternatives that are integers in 0..max_score are weighted by their probability,
-    renormalised over those alternatives. Multi-token numbers (e.g. digit-by-digit tokenizers)
-    return None, and the caller keeps the sampled score.
+    Sound only when the score is one token and the tokenizer has multi-digit number tokens (some
+    numeric alternative has two digits or more). With digit-by-digit tokenizers the alternatives
+    '1', '9' of a reply '0' are first digits of 10-19 and 90-99, not scores.
     """
-    if not tokens:
-        return None
     pos = 0
-    for tok in tokens:
+    for tok in tokens or []:
         text = _get(tok, "token") or ""
-        start, end = pos, pos + len(text)
-        pos = end
-        if end <= parsed.start:
+        start, pos = pos, pos + len(text)
+        if pos <= parsed.start:
             continue
-        if start > parsed.start:
+        if start > parsed.start or text.strip() != str(int(parsed.value)) or parsed.value != int(parsed.value):
             return None
-        if parsed.value != int(parsed.value) or text.strip() != str(int(parsed.value)):
-            return None  # the score spans several tokens, or the token holds more than the number
-        weights: dict[float, float] = {}
+        weights: dict[int, float] = {}
         for alt in _get(tok, "top_logprobs") or []:
             alt_text = (_get(alt, "token") or "").strip()
-            if not alt_text.isdigit():
-                continue
-            value = float(alt_text)
-            if value > max_score:
-                continue
-            weights[value] = weights.get(value, 0.0) + math.exp(float(_get(alt, "logprob")))
-        if not weights:
+            if alt_text.isdigit() and int(alt_text) <= max_score:
+                weights[int(alt_text)] = weights.get(int(alt_text), 0.0) + math.exp(float(_get(alt, "logprob")))
+        if not weights or (max_score >= 10 and max(weights) < 10):
             return None
-        total = sum(weights.values())
-        return float(sum(v * w for v, w in weights.items()) / total)
+        return float(sum(v * w for v, w in weights.items()) / sum(weights.values()))
     return None
+
+
+@dataclass
+class Reply:
+    """One choice of a completion read as a score (or the reason it holds none)."""
+
+    text: str
+    score: float | None = None
+    parsed: float | None = None
+    expected: float | None = None
+    error: str | None = None
+    logprob_note: str | None = None  # why --logprobs fell back to the parsed score
+
+
+def read_choice(choice: Any, max_score: float, logprobs: bool) -> Reply:
+    """Works on the client's choice objects and on plain dicts (Batch API output lines)."""
+    message = _get(choice, "message")
+    text = _get(message, "content") or ""
+    refusal = _get(message, "refusal")
+    try:
+        parsed = parse_score(text, max_score)
+    except ScoreParseError as err:
+        return Reply(text, error=f"model refused: {refusal}" if refusal and not text else str(err))
+    reply = Reply(text, score=parsed.value, parsed=parsed.value)
+    if logprobs:
+        content = _get(_get(choice, "logprobs"), "content")
+        reply.expected = expected_score(content, parsed, max_score) if content else None
+        if reply.expected is not None:
+            reply.score = reply.expected
+        else:
+            reply.logprob_note = DIGIT_SPLIT if content else "the server returned no logprobs"
+    return reply

@@ -6,13 +6,13 @@ adds) are never targets, and every assistant turn of a multi-turn conversation c
 ``text`` layout, which has no prompt/response split, the whole text is the response.
 
 The value is on the perplexity scale (>= 1), not the 0-99 prompt scale; the smoothing map only
-needs non-negative numbers, so it can be used directly.
+needs non-negative numbers, so it can be used directly. As in training's PPL mode, perplexities are
+capped at exp(30).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import sys
 import time
@@ -115,32 +115,37 @@ def model_fingerprint(path: str) -> str:
 
 
 def response_perplexities(model: Any, batch: Sequence[Encoded], pad_id: int) -> list[float]:
-    """exp(mean NLL) over each sample's response targets, for one right-padded batch (no grad)."""
+    """exp(mean NLL) over each sample's response targets, for one right-padded batch (no grad).
+
+    The per-token NLL and the per-sample perplexity are the training code's own
+    (:func:`ual_plugin.loss.token_nll_and_margin`, :func:`ual_plugin.ppl.per_sample_ppl`).
+    """
     import torch
+
+    from ual_plugin.loss import token_nll_and_margin
+    from ual_plugin.ppl import per_sample_ppl
 
     device = next(model.parameters()).device
     width = max(len(e.ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(batch), width), dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.bool)
     for b, e in enumerate(batch):
         ids[b, : len(e.ids)] = torch.tensor(e.ids)
         attn[b, : len(e.ids)] = 1
-        mask[b, : len(e.ids)] = torch.tensor(e.targets)
-    ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
-    out = []
+    nlls, segments, masks = [], [], []
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=attn).logits
+        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
         for b, e in enumerate(batch):  # one sample at a time: no float32 copy of the whole [B, T, V]
             n = len(e.ids)
-            # shift: the logits at position t predict token t + 1
-            nll = torch.nn.functional.cross_entropy(logits[b, : n - 1].float(), ids[b, 1:n], reduction="none")
-            tmask = mask[b, 1:n]
-            count = int(tmask.sum())
-            total = float((nll.double() * tmask).sum())
-            mean = total / count if count else float("nan")
-            out.append(math.exp(mean) if mean < 700 else float("inf"))
-    return out
+            # shift: the logits at position t predict token t + 1; prompt tokens are ignored targets
+            targets = torch.tensor([t if keep else -100 for t, keep in zip(e.ids[1:], e.targets[1:], strict=True)],
+                                   device=logits.device)
+            nll, _, valid = token_nll_and_margin(logits[b, : n - 1], targets)
+            nlls.append(nll)
+            masks.append(valid)
+            segments.append(torch.full_like(targets, b))
+        ppl, _ = per_sample_ppl(torch.cat(nlls), torch.cat(segments), torch.cat(masks))
+    return [float(x) for x in ppl.double()]
 
 
 def load_model(path: str, device: str | None = None) -> tuple[Any, Any]:
@@ -157,41 +162,35 @@ def load_model(path: str, device: str | None = None) -> tuple[Any, Any]:
     return model, tok
 
 
-def score_ppl(jobs: Sequence[tuple[str, Sequence[dict[str, str]]]], model_path: str, cache: ScoreCache,
-              scorer_name: str, batch_size: int = 8, max_length: int = 2048, device: str | None = None,
-              progress: bool | None = None) -> RunStats:
+def score_ppl(jobs: Sequence[tuple[str, Sequence[dict[str, str]]]], opts: Any, cache: ScoreCache,
+              scorer_name: str) -> RunStats:
     """Perplexity of every ``(key, conversation)`` job, appended to ``cache`` batch by batch."""
     from tqdm.auto import tqdm
 
     stats = RunStats()
     t0 = time.monotonic()
-    model, tok = load_model(model_path, device)
+    model, tok = load_model(opts.model, opts.device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     encoded: list[tuple[str, Encoded]] = []
     for key, conv in jobs:
-        enc = encode_conversation(tok, conv, max_length)
-        if not any(enc.targets):
-            reason = (f"no response tokens within --max-length {max_length}" if len(enc.ids) >= max_length
-                      else "no response tokens")
-            stats.failures[key] = reason
-            cache.add_failure(key, 0, reason, scorer=scorer_name)
+        enc = encode_conversation(tok, conv, opts.max_length)
+        if any(enc.targets):
+            encoded.append((key, enc))
             continue
-        encoded.append((key, enc))
+        stats.failures[key] = (f"no response tokens within --max-length {opts.max_length}"
+                               if len(enc.ids) >= opts.max_length else "no response tokens")
+        cache.add_failure(key, 0, stats.failures[key], scorer=scorer_name)
     encoded.sort(key=lambda kv: len(kv[1].ids))  # similar lengths per batch: less padding
-    disable = (not sys.stderr.isatty()) if progress is None else not progress
+    disable = (not sys.stderr.isatty()) if opts.progress is None else not opts.progress
+    size = opts.ppl_batch_size
     with tqdm(total=len(encoded), unit="sample", desc="perplexity", disable=disable, dynamic_ncols=True) as bar:
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start: start + batch_size]
-            ppls = response_perplexities(model, [e for _, e in chunk], pad_id)
-            for (key, enc), ppl in zip(chunk, ppls, strict=True):
-                if not math.isfinite(ppl):
-                    reason = f"perplexity is {ppl}"
-                    stats.failures[key] = reason
-                    cache.add_failure(key, 0, reason, scorer=scorer_name)
-                    continue
+        for start in range(0, len(encoded), size):
+            chunk = encoded[start: start + size]
+            for (key, enc), ppl in zip(chunk, response_perplexities(model, [e for _, e in chunk], pad_id),
+                                       strict=True):
                 stats.replies += 1
                 stats.tokens_in += len(enc.ids)
-                cache.add_reply(key, 0, score=ppl, scorer=scorer_name, model=model_path,
+                cache.add_reply(key, 0, score=ppl, scorer=scorer_name, model=opts.model,
                                 n_tokens=len(enc.ids), n_response_tokens=sum(enc.targets))
             bar.update(len(chunk))
     stats.elapsed = time.monotonic() - t0

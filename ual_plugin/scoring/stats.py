@@ -1,5 +1,8 @@
 """``ual stats FILE``: the ``uncertainty`` column and the smoothing it maps to, as a table and a PNG.
 
+Exit codes: 0 every row has a score and the map fits; 1 some rows have no score, or no map reaches
+``--alpha`` (too many zeros, or no scores at all); 2 the file cannot be read or lacks the column.
+
 Count, missing, mean, std and quantiles of the scores (per group when a ``source``-like column is
 present), then the label-smoothing values the exact map gives for ``--alpha`` (beta, mean, quantiles,
 share clipped at v_max), and two histograms (scores, smoothing) in a PNG.
@@ -62,7 +65,9 @@ def summarize(values: Sequence[Any], groups: Sequence[Any] | None = None, alpha:
 
     raw = [_as_float(v) for v in values]
     present = np.array([v for v in raw if v is not None], dtype=np.float64)
-    out: dict[str, Any] = {"count": len(raw), "missing": sum(v is None for v in raw), "scores": _describe(present)}
+    missing = sum(v is None for v in raw)
+    out: dict[str, Any] = {"count": len(raw), "missing": missing, "missing_share": missing / len(raw) if raw else 0.0,
+                           "scores": _describe(present)}
     smooth = None
     try:
         smap = fit_smoothing_map(present, alpha=alpha, v_max=v_max)
@@ -128,6 +133,10 @@ def format_table(summary: dict[str, Any], field: str, group_col: str | None) -> 
         lines.append(f"smoothing: cannot map at this alpha: {summary['smoothing_error']}")
     if summary.get("groups_omitted"):
         lines.append(f"({summary['groups_omitted']} more {group_col} values not shown)")
+    if summary["missing"]:
+        lines.append(f"WARNING: {summary['missing']} of {summary['count']} rows "
+                     f"({100 * summary['missing'] / max(summary['count'], 1):.1f}%) have no {field} (null or not a "
+                     "number): UAL's column mode refuses them; re-run `ual score` to retry them, or drop them")
     return "\n".join(lines)
 
 
@@ -204,4 +213,4 @@ def run(args: argparse.Namespace) -> int:
         path = Path(args.plot) if args.plot else Path(str(args.file).rstrip("/") + ".stats.png")
         plot(summary, values, groups, path, args.field, group_col)
         print(f"plot: {path}", file=sys.stderr if args.json else sys.stdout)
-    return 1 if "smoothing_error" in summary and summary["_present"].size else 0
+    return 1 if "smoothing_error" in summary or summary["missing"] else 0
