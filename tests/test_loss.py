@@ -159,3 +159,24 @@ def test_linear_no_grad_path_matches():
 def test_bad_arguments(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_second_backward_through_the_same_graph_raises(reduction):
+    """The gradients are computed in the forward pass and handed over once: a second backward
+    (retain_graph=True) must fail loudly instead of returning no gradients."""
+    hidden, weight, _, targets, eps = make_case(seed=13)
+    out = linear_smoothed_cross_entropy(hidden, weight, targets, eps, reduction=reduction)
+    first = torch.autograd.grad(out, [hidden, weight], retain_graph=True)
+    assert all(g is not None and torch.count_nonzero(g) > 0 for g in first)
+    with pytest.raises(RuntimeError, match="second backward"):
+        torch.autograd.grad(out, [hidden, weight])
+
+
+def test_reduction_none_supports_repeated_backward():
+    hidden, weight, _, targets, eps = make_case(seed=14)
+    out = linear_smoothed_cross_entropy(hidden, weight, targets, eps, reduction="none")
+    first = torch.autograd.grad(out.sum(), [hidden, weight], retain_graph=True)
+    second = torch.autograd.grad(out.sum(), [hidden, weight])
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b)

@@ -4,11 +4,6 @@ On a GPU these run the compiled kernel on CUDA; without one they run the same ke
 CPU interpreter (see ``tests/conftest.py``), which checks its indexing, masking and arithmetic.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -126,8 +121,62 @@ def test_linear_triton_all_ignored_and_frozen_weight():
     assert torch.count_nonzero(hidden.grad[0]) == 0 and torch.count_nonzero(hidden.grad[1, 2:]) > 0
 
 
+@pytest.mark.parametrize("vocab", [32001, 128257])  # vocabularies not divisible by 16 (added tokens)
+def test_linear_triton_with_unaligned_vocabulary_and_padded_rows(vocab):
+    """Rows of the logits buffer are padded to 64 elements; each row is a whole-slice body plus a masked
+    tail. Loss and gradients still match the reference for any vocabulary size."""
+    from ual_plugin.loss_triton import ROW_ALIGN, logits_buffer
+
+    buf = logits_buffer(3, vocab, torch.bfloat16, torch.device(DEVICE))
+    assert buf.shape == (3, vocab) and buf.stride(0) % ROW_ALIGN == 0 and buf.stride(0) - vocab < ROW_ALIGN
+    g = torch.Generator().manual_seed(7)
+    n, h = 6, 8
+    hidden = torch.randn(n, h, generator=g).to(DEVICE).requires_grad_()
+    weight = (torch.randn(vocab, h, generator=g) * 0.5).to(DEVICE).requires_grad_()
+    targets = torch.tensor([0, vocab - 1, 5, -100, vocab - 2, 12345 % vocab], device=DEVICE)
+    eps = torch.tensor(EPS_VALUES[:n], device=DEVICE)
+    out = linear_smoothed_cross_entropy(hidden, weight, targets, eps, chunk_size=4, kernel="triton")
+    ref = torch_reference(hidden @ weight.t(), targets.cpu(), eps.cpu()).sum() / 5
+    torch.testing.assert_close(out, ref.to(DEVICE), rtol=1e-5, atol=1e-5)
+    got = torch.autograd.grad(out, [hidden, weight])
+    want = torch.autograd.grad(ref, [hidden, weight])
+    for a, b in zip(got, want, strict=True):  # float32 sums over the vocabulary: about 3e-5 off float64 here
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_launch_runs_on_the_logits_device():
+    """Triton launches on the current CUDA device: the launch makes the logits' device current (a head
+    on cuda:1 under device_map="auto" must not run on cuda:0's stream), and refuses mixed devices."""
+    from types import SimpleNamespace
+
+    from ual_plugin.loss_triton import on_device_of, smoothed_ce_rows_
+
+    guard = on_device_of(SimpleNamespace(device=torch.device("cuda", 1)))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    logits = torch.zeros(2, 5, device=DEVICE)
+    with pytest.raises(ValueError, match="logits' device"):
+        smoothed_ce_rows_(logits, torch.zeros(2, dtype=torch.long, device="meta"), torch.zeros(2, device=DEVICE),
+                          None)
+
+
+def test_configurations_come_from_a_fixed_table_not_autotuning():
+    """Autotuning this in-place kernel would copy the logits back for every timed trial, compile inside
+    the first training step and break CUDA-graph capture: configurations are a fixed rule."""
+    import triton
+
+    import ual_plugin.loss_triton as lt
+
+    assert not any(isinstance(v, triton.runtime.Autotuner) for v in vars(lt).values())
+    for vocab in (32000, 32001, 50257, 128256, 128257, 256000):
+        assert lt.kernel_config(vocab) in lt.CONFIGS
+    for vocab in (2, 37, 300, 1000):
+        block, warps = lt.kernel_config(vocab)
+        assert (block, warps) in lt.CONFIGS and block >= vocab
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_auto_picks_triton_and_matches_fp32_reference_at_scale():
+@pytest.mark.parametrize("kernel", ["triton", "torch"])
+def test_cuda_kernels_match_fp32_reference_at_scale(kernel):
     torch.manual_seed(0)
     n, h, v = 4096, 512, 32000
     hidden = (torch.randn(n, h, device="cuda") * 0.5).bfloat16().requires_grad_()
@@ -135,8 +184,7 @@ def test_cuda_auto_picks_triton_and_matches_fp32_reference_at_scale():
     targets = torch.randint(0, v, (n,), device="cuda")
     targets[: n // 4] = -100
     eps = torch.rand(n, device="cuda") * 0.3
-    assert resolve_kernel(None, hidden.device) == "triton"
-    out = linear_smoothed_cross_entropy(hidden, weight, targets, eps)
+    out = linear_smoothed_cross_entropy(hidden, weight, targets, eps, kernel=kernel)
     gh, gw = torch.autograd.grad(out, [hidden, weight])
     h32, w32 = hidden.detach().float().requires_grad_(), weight.detach().float().requires_grad_()
     logits = h32 @ w32.t()
@@ -155,28 +203,18 @@ def test_kernel_choice(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("UAL_KERNEL", raising=False)
     assert resolve_kernel(None, cpu) == "torch"
-    assert resolve_kernel("auto", cuda) == "triton"
-    assert resolve_kernel("torch", cuda) == "torch"
-    monkeypatch.setenv("UAL_KERNEL", "torch")
-    assert resolve_kernel(None, cuda) == "torch"
-    assert resolve_kernel("triton", cuda) == "triton"  # an explicit argument beats the variable
+    assert resolve_kernel("auto", cuda) == "torch"  # until a GPU run of the verify stage has checked triton
+    assert resolve_kernel("triton", cuda) == "triton"
+    monkeypatch.setenv("UAL_KERNEL", "triton")
+    assert resolve_kernel(None, cuda) == "triton"
+    assert resolve_kernel("torch", cuda) == "torch"  # an explicit argument beats the variable
     with pytest.raises(ValueError, match="kernel must be one of"):
         resolve_kernel("cuda", cpu)
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         resolve_kernel("triton", cpu)
-    # the triton chunk keeps [rows, V] logits in the weight's dtype within 128 MiB, in multiples of 64 rows
-    assert default_chunk_size(8192, 128256, cuda, "triton", 2) == 512
-    assert default_chunk_size(16384, 32000, cuda, "triton", 2) == 2048
-
-
-def test_every_tuning_config_compiles_for_hopper_without_register_spills():
-    """Ahead-of-time compilation to an sm_90 cubin (Triton's own ptxas; no GPU needed)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    out = subprocess.run([sys.executable, "-m", "ual_plugin.loss_triton", "90"], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert len(rows) == 10
-    for row in rows:
-        assert row["stack_bytes"] == 0 and 0 < row["registers"] <= 128, row
+    # GPU chunks: 2048 rows (compute-bound weight-gradient GEMM) within the kernel's byte budget
+    assert default_chunk_size(8192, 128256, cuda, "triton", 2) == 2048  # 512 MiB of bf16 logits
+    assert default_chunk_size(8192, 128256, cuda, "torch", 2) == 2048  # + their fp32 copy: 1.5 GiB
+    assert default_chunk_size(8192, 256000, cuda, "triton", 2) == 1024
+    assert default_chunk_size(100, 32000, cuda, "triton", 2) == 100
+    assert default_chunk_size(8192, 32000, cpu, "torch", 4) == 524  # CPU: 64 MiB of fp32 logits

@@ -13,6 +13,8 @@ backward pass is a cheap rescale (the same trick as Liger-Kernel's fused linear 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -46,12 +48,27 @@ def _smoothing_vector(smoothing: Smoothing, targets: torch.Tensor) -> torch.Tens
     return torch.full((targets.numel(),), value, dtype=torch.float32, device=targets.device)
 
 
-def _check_targets(targets: torch.Tensor, valid: torch.Tensor, vocab: int) -> None:
-    if valid.any():
-        tv = targets[valid]
-        lo, hi = int(tv.min()), int(tv.max())
-        if lo < 0 or hi >= vocab:
-            raise ValueError(f"target ids must lie in [0, {vocab}) or equal ignore_index; found {lo}..{hi}")
+def _check_targets(targets: torch.Tensor, valid: torch.Tensor, vocab: int, exact: bool | None = None) -> None:
+    """Reject target ids outside [0, vocab) that are not ``ignore_index``.
+
+    ``exact`` (default: on CPU) raises ValueError naming the range found, which reads the ids on the
+    host. Otherwise the check is a device-side assertion (``torch._assert_async``) that needs no
+    host synchronisation; on a GPU a bad id then fails the next synchronising call, as
+    ``F.cross_entropy`` does.
+    """
+    if exact is None:
+        exact = targets.device.type == "cpu"
+    if exact:
+        if valid.any():
+            tv = targets[valid]
+            lo, hi = int(tv.min()), int(tv.max())
+            if lo < 0 or hi >= vocab:
+                raise ValueError(f"target ids must lie in [0, {vocab}) or equal ignore_index; found {lo}..{hi}")
+        return
+    in_range = (targets >= 0) & (targets < vocab)
+    torch._assert_async(
+        (in_range | ~valid).all(), f"target ids must lie in [0, {vocab}) or equal ignore_index"
+    )
 
 
 def _reduce(per_token: torch.Tensor, valid: torch.Tensor, reduction: str, shape: torch.Size) -> torch.Tensor:
@@ -112,11 +129,15 @@ def smoothed_cross_entropy(
 KERNELS = ("auto", "torch", "triton")
 KERNEL_ENV = "UAL_KERNEL"
 
-_CPU_CHUNK_BYTES = 64 << 20  # torch kernel, CPU: fp32 logits per chunk (few weight-gradient passes, small peak)
-_CUDA_CHUNK_BYTES = 512 << 20  # torch kernel, CUDA: fp32 logits per chunk
-# triton kernel: logits in the weight's dtype, overwritten in place by their gradient. 128 MiB keeps
-# the peak within a few percent of Liger's fused linear cross-entropy at Llama-3's vocabulary.
-_TRITON_CHUNK_BYTES = 128 << 20
+# CPU (torch kernel): fp32 logits per chunk; few weight-gradient passes and a small peak.
+_CPU_CHUNK_BYTES = 64 << 20
+# GPU: the weight-gradient GEMM of a chunk (M=V, N=H, K=rows) reads and writes the whole accumulator
+# once per chunk, so its arithmetic intensity is about rows/4 FLOP/byte with an fp32 accumulator:
+# 2048 rows keep it compute-bound on H100/H200 (ridge points about 300/200 FLOP/byte). The byte
+# budgets hold 2048 rows at Llama-3's vocabulary of 128256 (benchmarks/RESULTS.md, section 2).
+_GPU_CHUNK_ROWS = 2048
+_GPU_TRITON_CHUNK_BYTES = 512 << 20  # logits in the compute dtype, overwritten by their gradient
+_GPU_TORCH_CHUNK_BYTES = 1536 << 20  # compute-dtype logits plus their float32 copy
 
 
 @functools.cache
@@ -133,12 +154,16 @@ def _triton_runs_on(device: torch.device) -> bool:
 
 
 def resolve_kernel(kernel: str | None, device: torch.device) -> str:
-    """'torch' or 'triton': the explicit choice, else ``$UAL_KERNEL``, else triton on CUDA when installed."""
+    """'torch' or 'triton': the explicit choice, else ``$UAL_KERNEL``, else 'torch'.
+
+    ``auto`` means the torch kernel on every device until a GPU run of ``benchmarks/run_gpu_suite.sh
+    verify`` has checked the Triton kernel; ``triton`` can always be asked for explicitly.
+    """
     choice = kernel or os.environ.get(KERNEL_ENV) or "auto"
     if choice not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}; got {choice!r}")
     if choice == "auto":
-        return "triton" if device.type == "cuda" and _triton_installed() else "torch"
+        return "torch"
     if choice == "triton":
         if not _triton_installed():
             raise ImportError("kernel='triton' needs the triton package (pip install triton); kernel='torch' runs anywhere")
@@ -148,17 +173,54 @@ def resolve_kernel(kernel: str | None, device: torch.device) -> str:
 
 
 def default_chunk_size(n_tokens: int, vocab: int, device: torch.device, kernel: str = "torch", itemsize: int = 4) -> int:
-    """Tokens per chunk so that one chunk of logits stays within the kernel's byte budget.
+    """Tokens per chunk: on GPU (and for the triton kernel) up to 2048 rows in multiples of 64 within the
+    kernel's byte budget; on CPU the torch kernel's float32 logits stay within 64 MiB.
 
-    The triton kernel keeps logits at ``itemsize`` bytes (the weight's dtype) and rounds the chunk
-    down to a multiple of 64 rows for the GEMMs; the torch kernel holds fp32 logits.
+    ``itemsize`` is the byte size of the GEMMs' compute dtype; the torch kernel also holds a float32
+    copy of each chunk's logits when that dtype is narrower.
     """
-    if kernel == "triton":
-        rows = max(64, (_TRITON_CHUNK_BYTES // (itemsize * vocab)) // 64 * 64)
+    if kernel == "torch" and device.type == "cpu":
+        rows = max(16, _CPU_CHUNK_BYTES // (4 * vocab))
     else:
-        budget = _CUDA_CHUNK_BYTES if device.type == "cuda" else _CPU_CHUNK_BYTES
-        rows = max(16, budget // (4 * vocab))
+        if kernel == "triton":
+            per_row, budget = itemsize * vocab, _GPU_TRITON_CHUNK_BYTES
+        else:
+            per_row, budget = (itemsize + (4 if itemsize < 4 else 0)) * vocab, _GPU_TORCH_CHUNK_BYTES
+        rows = max(64, min(_GPU_CHUNK_ROWS, budget // per_row) // 64 * 64)
     return int(max(1, min(n_tokens, rows)))
+
+
+def compute_dtype_for(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """dtype of the chunk GEMMs: autocast's dtype when autocast is on for the tensors' device (as the
+    model's own ``lm_head`` call would run, e.g. a QLoRA head kept in float32 under bf16 training),
+    else the head weight's dtype."""
+    device_type = hidden.device.type
+    if weight.is_floating_point() and torch.amp.is_autocast_available(device_type) \
+            and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
+
+
+def _autocast_off(device: torch.device):
+    """The kernels pick every dtype themselves: run them with autocast off on their device."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How one call runs: everything ``_chunk_pass`` needs besides the tensors."""
+
+    ignore_index: int
+    reduction: str
+    softcap: float | None
+    logit_scale: float
+    chunk_size: int | None
+    kernel: str
+    compute_dtype: torch.dtype
+    accum_dtype: torch.dtype
+    skip_ignored: bool
 
 
 def _torch_rows_(
@@ -200,6 +262,19 @@ def _torch_rows_(
     return losses, top1, z
 
 
+def _add_weight_grad_(grad_w: torch.Tensor, dz: torch.Tensor, hc: torch.Tensor) -> None:
+    """grad_w += dz.T @ hc: inside the GEMM when the dtypes agree, else in blocks of vocabulary rows
+    (each block's product in the compute dtype, added in the accumulator's), so the temporary stays
+    at a quarter of a logits chunk."""
+    if grad_w.dtype == dz.dtype:
+        grad_w.addmm_(dz.t(), hc)
+        return
+    vocab, hidden = grad_w.shape
+    block = max(64, dz.shape[0] * vocab // (4 * hidden))
+    for v0 in range(0, vocab, block):
+        grad_w[v0 : v0 + block].add_(dz[:, v0 : v0 + block].t() @ hc)
+
+
 def _chunk_pass(
     h_all: torch.Tensor,
     rows: torch.Tensor | None,
@@ -209,63 +284,67 @@ def _chunk_pass(
     eps: torch.Tensor,
     row_weight: torch.Tensor | None,
     want: tuple[bool, bool, bool],
-    softcap: float | None,
-    logit_scale: float,
+    plan: _Plan,
     chunk_size: int,
-    kernel: str,
     top1: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]:
     """Per-token losses of the rows ``rows`` of ``h_all`` (all rows when None) and, when
     ``row_weight`` is given, the gradients of sum(row_weight * loss) that ``want`` asks for:
-    hidden (shaped like ``h_all``, zero on skipped rows), weight and bias.
+    hidden (shaped like ``h_all``, zero on skipped rows), weight (in ``plan.accum_dtype``) and bias
+    (float32).
 
-    The torch kernel works in float32 and accumulates the weight gradient in float32; the triton
-    kernel keeps the logits in the weight's dtype and accumulates the weight gradient there (as
-    Liger does), which is what keeps its peak memory at one weight gradient plus one chunk.
+    The GEMMs run in ``plan.compute_dtype``. The torch kernel takes each chunk's logits to float32
+    for the softmax; the triton kernel keeps them in the compute dtype, in a buffer whose rows are
+    padded for aligned access, and overwrites them with their gradient.
     """
     n = targets.numel()
     vocab = weight.shape[0]
     device = h_all.device
     want_h, want_w, want_b = want if row_weight is not None else (False, False, False)
     want_b = want_b and bias is not None
-    low_precision = kernel == "triton"
+    cdt = plan.compute_dtype
     losses = torch.empty(n, dtype=torch.float32, device=device)
     grad_h = grad_w = grad_b = None
     if want_h:
         grad_h = torch.empty_like(h_all) if rows is None else torch.zeros_like(h_all)
     if want_w:
-        grad_w = torch.zeros(weight.shape, dtype=weight.dtype if low_precision else torch.float32, device=device)
+        grad_w = torch.zeros(weight.shape, dtype=plan.accum_dtype, device=device)
     if want_b:
         grad_b = torch.zeros(vocab, dtype=torch.float32, device=device)
     if n == 0:
         return losses, (grad_h, grad_w, grad_b)
-    if low_precision:
-        from ual_plugin.loss_triton import smoothed_ce_rows_
-    # One logits buffer reused by every chunk (plus an fp32 one for the torch kernel on low-precision
-    # weights), so the next chunk's GEMM never allocates while the previous chunk's logits are alive.
+    w_c = weight.to(cdt)  # one cast per pass (none when the head is already in the compute dtype)
+    b_c = None if bias is None else bias.to(cdt)
+    # One logits buffer reused by every chunk (plus a float32 one for the torch kernel on narrower
+    # compute dtypes), so the next chunk's GEMM never allocates while the previous chunk's logits live.
     size = min(chunk_size, n)
-    raw_buf = torch.empty(size, vocab, dtype=weight.dtype, device=device)
-    z_buf = raw_buf
-    if not low_precision and weight.dtype != torch.float32:
-        z_buf = torch.empty(size, vocab, dtype=torch.float32, device=device)
+    if plan.kernel == "triton":
+        from ual_plugin.loss_triton import logits_buffer, smoothed_ce_rows_
+
+        raw_buf = z_buf = logits_buffer(size, vocab, cdt, device)
+    else:
+        raw_buf = z_buf = torch.empty(size, vocab, dtype=cdt, device=device)
+        if cdt != torch.float32:
+            z_buf = torch.empty(size, vocab, dtype=torch.float32, device=device)
     any_grad = want_h or want_w or want_b
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
         hc = h_all[start:stop] if rows is None else h_all.index_select(0, rows[start:stop])
-        hc = hc.to(weight.dtype)
+        hc = hc.to(cdt)
         tc, ec = targets[start:stop], eps[start:stop]
         wc = row_weight[start:stop] if any_grad else None
         raw = raw_buf[: stop - start]
-        if bias is not None:
-            torch.addmm(bias, hc, weight.t(), out=raw)
+        if b_c is not None:
+            torch.addmm(b_c, hc, w_c.t(), out=raw)
         else:
-            torch.mm(hc, weight.t(), out=raw)
-        if low_precision:
-            losses[start:stop], flags = smoothed_ce_rows_(raw, tc, ec, wc, logit_scale, softcap)
+            torch.mm(hc, w_c.t(), out=raw)
+        if plan.kernel == "triton":
+            losses[start:stop], flags = smoothed_ce_rows_(raw, tc, ec, wc, plan.logit_scale, plan.softcap)
             dz = raw
         else:
-            losses[start:stop], flags, dz = _torch_rows_(raw, z_buf[: stop - start], tc, ec, wc, softcap, logit_scale)
-            if dz is not None and dz.dtype != weight.dtype:
+            losses[start:stop], flags, dz = _torch_rows_(raw, z_buf[: stop - start], tc, ec, wc, plan.softcap,
+                                                         plan.logit_scale)
+            if dz is not None and dz.dtype != cdt:
                 dz = raw.copy_(dz)  # the raw logits are no longer needed: reuse their buffer
         if top1 is not None:
             top1[start:stop] = flags
@@ -275,93 +354,129 @@ def _chunk_pass(
             grad_b.add_(dz.sum(dim=0, dtype=torch.float32))
         if grad_h is not None:
             if rows is None and grad_h.dtype == dz.dtype:
-                torch.mm(dz, weight, out=grad_h[start:stop])
+                torch.mm(dz, w_c, out=grad_h[start:stop])
             elif rows is None:
-                grad_h[start:stop] = dz @ weight
+                grad_h[start:stop] = dz @ w_c
             else:
-                grad_h.index_copy_(0, rows[start:stop], (dz @ weight).to(grad_h.dtype))
+                grad_h.index_copy_(0, rows[start:stop], (dz @ w_c).to(grad_h.dtype))
         if grad_w is not None:
-            if grad_w.dtype == dz.dtype:
-                grad_w.addmm_(dz.t(), hc)
-            else:
-                grad_w.add_(dz.t() @ hc)
+            _add_weight_grad_(grad_w, dz, hc)
     return losses, (grad_h, grad_w, grad_b)
+
+
+_SCALE_SLICE = 1 << 24  # elements per float32 temporary when rescaling a low-precision gradient
+
+
+def _scale_(grad: torch.Tensor, scale: torch.Tensor) -> None:
+    """grad *= scale in float32 arithmetic, rounded once to grad's dtype (the scale itself is never
+    rounded to bf16/fp16: that would bias every element of a step by the same factor)."""
+    if grad.dtype in (torch.float32, torch.float64):
+        grad.mul_(scale.to(grad.dtype))
+        return
+    flat = grad.view(-1)
+    for start in range(0, flat.numel(), _SCALE_SLICE):
+        part = flat[start : start + _SCALE_SLICE]
+        part.copy_(part.float().mul_(scale))
+
+
+_SECOND_BACKWARD = (
+    "linear_smoothed_cross_entropy computes its gradients during the forward pass and hands them to the "
+    "first backward pass; a second backward through the same graph (retain_graph=True) is not supported. "
+    "Compute the loss again for another backward, or use reduction='none' and reduce it yourself."
+)
 
 
 class _LinearSmoothedCE(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx, hidden, weight, bias, targets, eps, ignore_index, reduction, softcap, logit_scale, chunk_size, stats, kernel
-    ):
+    def forward(ctx, hidden, weight, bias, targets, eps, plan: _Plan, stats):
         shape = targets.shape
+        device = hidden.device
         h_all = hidden.reshape(-1, hidden.shape[-1])
         t_all = targets.reshape(-1)
-        valid = t_all != ignore_index
-        _check_targets(t_all, valid, weight.shape[0])
-        idx = valid.nonzero().squeeze(1)
-        n_valid = idx.numel()
-        rows = None if n_valid == t_all.numel() else idx  # skip ignored tokens; no gather when there are none
-        t = t_all if rows is None else t_all.index_select(0, idx)
-        e = eps if rows is None else eps.index_select(0, idx)
-        chunk = chunk_size or default_chunk_size(max(n_valid, 1), weight.shape[0], h_all.device, kernel,
-                                                 weight.element_size())
+        valid = t_all != plan.ignore_index
+        _check_targets(t_all, valid, weight.shape[0], exact=plan.skip_ignored)
+        if plan.skip_ignored:  # only the label tokens go through the kernel (nonzero: one host sync)
+            sel = valid.nonzero().squeeze(1)
+            n_valid = sel.numel()
+            rows = None if n_valid == t_all.numel() else sel
+            t = t_all if rows is None else t_all.index_select(0, sel)
+            e = eps if rows is None else eps.index_select(0, sel)
+            mask, denom = None, max(n_valid, 1)
+            count = torch.tensor(n_valid, device=device)
+        else:  # every row goes through the kernel; ignored ones weigh 0 (no host sync)
+            sel = mask = valid
+            rows = None
+            t = torch.where(valid, t_all, torch.zeros_like(t_all))
+            e = eps
+            count = valid.sum()
+            denom = count.clamp(min=1)
+        chunk = plan.chunk_size or default_chunk_size(
+            max(t.numel(), 1), weight.shape[0], device, plan.kernel, plan.compute_dtype.itemsize
+        )
         want = tuple(ctx.needs_input_grad[:3])
         row_weight = None
-        if any(want) and reduction != "none":
-            scale = 1.0 / max(n_valid, 1) if reduction == "mean" else 1.0
-            row_weight = torch.full((n_valid,), scale, dtype=torch.float32, device=h_all.device)
-        top1 = torch.empty(n_valid, dtype=torch.bool, device=h_all.device) if stats is not None else None
-        losses, grads = _chunk_pass(
-            h_all, rows, weight, bias, t, e, row_weight, want, softcap, logit_scale, chunk, kernel, top1
-        )
+        if any(want) and plan.reduction != "none":
+            row_weight = torch.ones(t.numel(), dtype=torch.float32, device=device) if mask is None else mask.float()
+            if plan.reduction == "mean":
+                row_weight = row_weight / denom
+        top1 = torch.empty(t.numel(), dtype=torch.bool, device=device) if stats is not None else None
+        with _autocast_off(device):
+            losses, grads = _chunk_pass(h_all, rows, weight, bias, t, e, row_weight, want, plan, chunk, top1)
+        if mask is not None:
+            losses = losses.masked_fill_(~mask, 0.0)
         if stats is not None:
-            stats["n_tokens"] = n_valid
-            stats["n_correct"] = top1.sum()
+            stats["n_tokens"] = count
+            stats["n_correct"] = (top1 if mask is None else top1 & mask).sum()
 
-        ctx.reduction = reduction
+        ctx.plan = plan
         ctx.hidden_shape = hidden.shape
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        if reduction == "none":
-            ctx.save_for_backward(h_all, weight, bias, t, e, idx)
-            ctx.extra = (rows is None, want, softcap, logit_scale, chunk, kernel)
-            out = torch.zeros(t_all.shape, dtype=torch.float32, device=h_all.device)
-            out.index_copy_(0, idx, losses)
-            return out.reshape(shape)
+        if plan.reduction == "none":
+            ctx.save_for_backward(h_all, weight, bias, t, e, sel)
+            ctx.extra = (rows is None, want, chunk)
+            if rows is not None:
+                losses = torch.zeros(t_all.shape, dtype=torch.float32, device=device).index_copy_(0, rows, losses)
+            return losses.reshape(shape)
         # Kept as a plain attribute (not saved tensors) so backward can drop our reference and autograd
         # can adopt grad_weight as the parameter's .grad without copying it.
         ctx.grads = grads if any(want) else None
+        ctx.used = False
         total = losses.sum()
-        return total / max(n_valid, 1) if reduction == "mean" else total
+        return total / denom if plan.reduction == "mean" else total
 
     @staticmethod
     def backward(ctx, grad_out):
+        plan = ctx.plan
         w_dtype, b_dtype = ctx.dtypes
-        if ctx.reduction == "none":
-            h_all, weight, bias, t, e, idx = ctx.saved_tensors
-            all_rows, want, softcap, logit_scale, chunk, kernel = ctx.extra
-            row_weight = grad_out.reshape(-1).index_select(0, idx).float()
-            rows = None if all_rows else idx
-            _, (g_h, g_w, g_b) = _chunk_pass(
-                h_all, rows, weight, bias, t, e, row_weight, want, softcap, logit_scale, chunk, kernel
-            )
+        if plan.reduction == "none":
+            h_all, weight, bias, t, e, sel = ctx.saved_tensors
+            all_rows, want, chunk = ctx.extra
+            upstream = grad_out.reshape(-1).float()
+            if plan.skip_ignored:
+                rows, row_weight = (None if all_rows else sel), upstream.index_select(0, sel)
+            else:
+                rows, row_weight = None, upstream * sel
+            with _autocast_off(h_all.device):
+                _, (g_h, g_w, g_b) = _chunk_pass(h_all, rows, weight, bias, t, e, row_weight, want, plan, chunk)
         else:
-            grads = ctx.grads
-            ctx.grads = None
+            if ctx.used:
+                raise RuntimeError(_SECOND_BACKWARD)
+            ctx.used = True
+            grads, ctx.grads = ctx.grads, None
             if grads is None:
-                return (None,) * 12
+                return (None,) * 7
             g_h, g_w, g_b = grads
-            # Scale the gradients computed in the forward pass in place (no second copy of grad_weight);
-            # like Liger's fused linear cross-entropy, this graph supports a single backward pass.
-            if grad_out.item() != 1.0:
-                s = grad_out.float()
-                for g in (g_h, g_w, g_b):
-                    if g is not None:
-                        g.mul_(s.to(g.dtype))
+            # Scale the gradients computed in the forward pass in place (no second copy of grad_weight),
+            # in float32 and without reading the scale on the host.
+            scale = grad_out.detach().float()
+            for g in grads:
+                if g is not None:
+                    _scale_(g, scale)
         return (
             None if g_h is None else g_h.reshape(ctx.hidden_shape),
             None if g_w is None else g_w.to(w_dtype),
             None if g_b is None else g_b.to(b_dtype),
-            None, None, None, None, None, None, None, None, None,
+            None, None, None, None,
         )
 
 
@@ -378,6 +493,8 @@ def linear_smoothed_cross_entropy(
     chunk_size: int | None = None,
     stats: dict | None = None,
     kernel: str | None = None,
+    accum_dtype: torch.dtype | None = None,
+    skip_ignored: bool | None = None,
 ) -> torch.Tensor:
     """``smoothed_cross_entropy(hidden @ weight.T + bias, ...)`` without materialising [N, V] logits.
 
@@ -385,12 +502,17 @@ def linear_smoothed_cross_entropy(
     ``targets``. ``logit_scale`` multiplies the logits and ``softcap`` applies
     ``softcap * tanh(z / softcap)`` after it (Gemma-2 style), as the model's own head would.
 
-    ``kernel``: "torch" computes logits and softmax in float32 per chunk and accumulates weight/bias
-    gradients in float32 (runs anywhere); "triton" keeps each chunk's logits in the weight's dtype
-    and runs one fused Triton pass over them (GPU; Liger-like precision and memory); "auto" (the
-    default, overridable with ``$UAL_KERNEL``) picks triton for CUDA tensors when it is installed.
+    The GEMMs run in autocast's dtype when autocast is on (else in the weight's dtype); the softmax
+    and the loss are float32. ``kernel``: "torch" takes each chunk's logits to float32 (runs
+    anywhere); "triton" keeps them in the compute dtype and runs one fused Triton pass over them
+    (CUDA); "auto" (the default, overridable with ``$UAL_KERNEL``) is "torch" for now.
+    ``accum_dtype``: dtype of the weight-gradient accumulator across chunks (default float32; the
+    weight's own dtype saves memory at some precision). ``skip_ignored``: gather the label tokens
+    first so ignored ones cost nothing (default on CPU only: it needs one host sync); otherwise
+    ignored rows run with weight 0 and the call makes no host sync.
     Pass a dict as ``stats`` to receive ``n_tokens`` (non-ignored targets) and ``n_correct``
-    (targets that are the top-1 logit).
+    (targets that are the top-1 logit), both as 0-dim tensors on the device.
+    Gradients are computed during the forward pass (for "mean" and "sum"): one backward per call.
     """
     _check_reduction(reduction)
     if hidden.shape[:-1] != targets.shape:
@@ -399,9 +521,18 @@ def linear_smoothed_cross_entropy(
         raise ValueError(f"weight must be [V, {hidden.shape[-1]}]; got {tuple(weight.shape)}")
     if softcap is not None and not (softcap > 0 and math.isfinite(softcap)):
         raise ValueError(f"softcap must be a positive number or None; got {softcap!r}")
-    resolved = resolve_kernel(kernel, hidden.device)
-    eps = _smoothing_vector(smoothing, targets)
-    return _LinearSmoothedCE.apply(
-        hidden, weight, bias, targets, eps, ignore_index, reduction, softcap, float(logit_scale), chunk_size, stats,
-        resolved,
+    if accum_dtype is not None and not (isinstance(accum_dtype, torch.dtype) and accum_dtype.is_floating_point):
+        raise ValueError(f"accum_dtype must be a floating-point torch dtype or None; got {accum_dtype!r}")
+    plan = _Plan(
+        ignore_index=ignore_index,
+        reduction=reduction,
+        softcap=softcap,
+        logit_scale=float(logit_scale),
+        chunk_size=chunk_size,
+        kernel=resolve_kernel(kernel, hidden.device),
+        compute_dtype=compute_dtype_for(hidden, weight),
+        accum_dtype=accum_dtype or torch.float32,
+        skip_ignored=hidden.device.type == "cpu" if skip_ignored is None else bool(skip_ignored),
     )
+    eps = _smoothing_vector(smoothing, targets)
+    return _LinearSmoothedCE.apply(hidden, weight, bias, targets, eps, plan, stats)
