@@ -1,11 +1,8 @@
 """``--batch``: the OpenAI Batch API (half price, results within 24 h) with resume by batch id.
 
-Submit: the requests go into JSONL files of at most 50,000 lines (the API's limit), each is
-uploaded (``purpose="batch"``) and a batch is created on ``/v1/chat/completions``. Before the
-batch is created the uploaded file id is recorded in the cache, and the batch id right after, so a
-kill never orphans a paid batch: a re-run finds it (by id, or by its input file in the batch list)
-and polls it instead of submitting again. Collect: output and error files are read line by line,
-``custom_id = "<cache key>:<sample index>"`` maps each reply back to its rows.
+Each uploaded file id is recorded in the cache before its batch is created and the batch id right
+after, so a kill never orphans a paid batch: a re-run finds it (by id, or by its input file in the
+batch list) and polls it. ``custom_id = "<cache key>:<slot>"`` maps each result back to its rows.
 """
 
 from __future__ import annotations
@@ -15,11 +12,11 @@ import io
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ual_plugin.scoring.client import ApiScorer, Job, _err_text, _get, make_client
-from ual_plugin.scoring.parse import read_choice
+from ual_plugin.scoring.client import ApiScorer, Job, err_text, make_client, run_sync
+from ual_plugin.scoring.parse import get, read_choice
 
 MAX_LINES_PER_BATCH = 50_000
 MAX_BYTES_PER_BATCH = 190 * 1024 * 1024  # the API allows 200 MB per input file
@@ -27,107 +24,94 @@ TERMINAL = {"completed", "failed", "expired", "cancelled"}
 ENDPOINT = "/v1/chat/completions"
 
 
-def _requests(jobs: Sequence[Job]) -> list[tuple[str, Job]]:
-    """One request per missing reply slot: ``custom_id = "<cache key>:<slot>"``."""
-    return [(f"{job.key}:{slot}", job) for job in jobs for slot in job.slots]
-
-
 class BatchRunner:
     """Submits missing jobs as batches, polls pending ones and collects their results into the cache."""
 
     def __init__(self, scorer: ApiScorer, log: Any = None) -> None:
-        self.scorer, self.cache, opts = scorer, scorer.cache, scorer.opts
-        self.poll_interval, self.wait, self.attach = opts.poll_interval, opts.wait, list(opts.batch_ids)
+        self.scorer, self.cache, self.opts = scorer, scorer.cache, scorer.opts
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.submitted: list[str] = []
         self.pending: list[str] = []
 
     def run(self, jobs: Sequence[Job]) -> None:
-        asyncio.run(self.arun(jobs))
+        run_sync(self.arun(jobs))
 
     async def arun(self, jobs: Sequence[Job]) -> None:
         import openai
 
         t0 = time.monotonic()
-        client = make_client(self.scorer.opts)
+        client = make_client(self.opts)
         try:
             await self._arun(client, jobs)
         except (openai.APIStatusError, openai.APIConnectionError) as err:
             status = getattr(err, "status_code", None)
-            where = f"HTTP {status}" if status else type(err).__name__
-            self.scorer.stats.fatal = self.scorer.redactor.redact(f"Batch API call failed ({where}): {_err_text(err)}")
+            self.scorer.stats.fatal = self.scorer.redactor.redact(
+                f"Batch API call failed ({f'HTTP {status}' if status else type(err).__name__}): {err_text(err)}")
         finally:
             self.scorer.stats.elapsed = time.monotonic() - t0
             await client.close()
 
+    async def _create(self, client: Any, file_id: str, keys: list[str] | None) -> dict:
+        batch = await client.batches.create(input_file_id=file_id, endpoint=ENDPOINT, completion_window="24h",
+                                            metadata={"tool": "ual score"})
+        self.submitted.append(batch.id)
+        rec = {"batch": batch.id, "input_file_id": file_id, "state": "submitted", "keys": keys}
+        self.cache.append(rec)
+        return rec
+
     async def _arun(self, client: Any, jobs: Sequence[Job]) -> None:
-        # 1. batches already known from earlier runs (and any the user attached with --batch-id)
+        # 1. batches known from earlier runs, and any attached with --batch-id
         active: dict[str, dict] = {}
         for rec in list(self.cache.batches.values()):
             if rec.get("state") == "collected":
                 continue
-            if rec.get("batch"):
-                active[rec["batch"]] = rec
-            elif rec.get("input_file_id"):  # uploaded, creation not confirmed: find it or create it
+            if not rec.get("batch") and rec.get("input_file_id"):  # uploaded, creation not confirmed
                 bid = await self._find_batch_for_file(client, rec["input_file_id"])
                 if bid is None:
-                    batch = await client.batches.create(input_file_id=rec["input_file_id"], endpoint=ENDPOINT,
-                                                        completion_window="24h",
-                                                        metadata={"tool": "ual score"})
-                    bid = batch.id
-                    self.submitted.append(bid)
-                new = {**rec, "batch": bid, "state": "submitted"}
-                self.cache.append(new)
-                active[bid] = new
-        for bid in self.attach:
+                    rec = await self._create(client, rec["input_file_id"], rec.get("keys"))
+                else:
+                    rec = {**rec, "batch": bid, "state": "submitted"}
+                    self.cache.append(rec)
+            if rec.get("batch"):
+                active[rec["batch"]] = rec
+        for bid in self.opts.batch_ids:
             if bid not in active:
-                rec = {"batch": bid, "state": "submitted", "keys": None}
-                self.cache.append(rec)
-                active[bid] = rec
-        covered = set()
-        for rec in active.values():
-            covered.update(rec.get("keys") or [])
+                active[bid] = {"batch": bid, "state": "submitted", "keys": None}
+                self.cache.append(active[bid])
+        covered = {k for rec in active.values() for k in rec.get("keys") or []}
         # 2. submit whatever is neither cached nor covered by a live batch
-        todo = [(cid, j) for cid, j in _requests(jobs) if cid not in covered]
-        if todo:
-            for chunk in self._chunks(todo):
-                lines = "".join(json.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT,
-                                            "body": self.scorer.request_body(j.messages)},
-                                           ensure_ascii=False) + "\n" for cid, j in chunk)
-                keys = [cid for cid, _ in chunk]
-                upload = await client.files.create(file=("ual-score-batch.jsonl", io.BytesIO(lines.encode())),
-                                                   purpose="batch")
-                self.cache.append({"batch": None, "input_file_id": upload.id, "state": "uploaded", "keys": keys})
-                batch = await client.batches.create(input_file_id=upload.id, endpoint=ENDPOINT,
-                                                    completion_window="24h", metadata={"tool": "ual score"})
-                rec = {"batch": batch.id, "input_file_id": upload.id, "state": "submitted", "keys": keys}
-                self.cache.append(rec)
-                active[batch.id] = rec
-                self.submitted.append(batch.id)
-                self.log(f"submitted batch {batch.id} ({len(chunk)} requests)")
-        if not self.wait:
+        todo = [(f"{j.key}:{slot}", j) for j in jobs for slot in j.slots if f"{j.key}:{slot}" not in covered]
+        for chunk in self._chunks(todo):
+            lines = "".join(json.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT,
+                                        "body": self.scorer.request_body(j.messages)}, ensure_ascii=False) + "\n"
+                            for cid, j in chunk)
+            upload = await client.files.create(file=("ual-score-batch.jsonl", io.BytesIO(lines.encode())),
+                                               purpose="batch")
+            keys = [cid for cid, _ in chunk]
+            self.cache.append({"batch": None, "input_file_id": upload.id, "state": "uploaded", "keys": keys})
+            rec = await self._create(client, upload.id, keys)
+            active[rec["batch"]] = rec
+            self.log(f"submitted batch {rec['batch']} ({len(chunk)} requests)")
+        if not self.opts.wait:
             self.pending = list(active)
             return
         # 3. poll every live batch to the end and collect it
-        remaining = dict(active)
         last_status: dict[str, str] = {}
-        while remaining:
-            for bid in list(remaining):
+        while active:
+            for bid in list(active):
                 batch = await client.batches.retrieve(bid)
-                status = batch.status
-                if last_status.get(bid) != status:
-                    counts = _get(batch, "request_counts")
-                    done = f" ({_get(counts, 'completed', 0)}/{_get(counts, 'total', '?')} done)" if counts else ""
-                    self.log(f"batch {bid}: {status}{done}")
-                    last_status[bid] = status
-                if status in TERMINAL:
-                    await self._collect(client, batch, remaining[bid])
-                    self.cache.append({"batch": bid, "state": "collected", "status": status})
-                    del remaining[bid]
-            if remaining:
-                await asyncio.sleep(self.poll_interval)
+                if last_status.get(bid) != batch.status:
+                    counts = get(batch, "request_counts")
+                    done = f" ({get(counts, 'completed', 0)}/{get(counts, 'total', '?')} done)" if counts else ""
+                    self.log(f"batch {bid}: {batch.status}{done}")
+                    last_status[bid] = batch.status
+                if batch.status in TERMINAL:
+                    await self._collect(client, batch, active.pop(bid))
+                    self.cache.append({"batch": bid, "state": "collected", "status": batch.status})
+            if active:
+                await asyncio.sleep(self.opts.poll_interval)
 
-    def _chunks(self, todo: Sequence[tuple[str, Job]]):
+    def _chunks(self, todo: Sequence[tuple[str, Job]]) -> Iterator[list[tuple[str, Job]]]:
         chunk: list[tuple[str, Job]] = []
         size = 0
         for item in todo:
@@ -145,17 +129,13 @@ class BatchRunner:
             page = await client.batches.list(limit=100)
         except Exception:
             return None
-        for batch in getattr(page, "data", []) or []:
-            if _get(batch, "input_file_id") == file_id:
-                return batch.id
-        return None
+        return next((b.id for b in getattr(page, "data", None) or [] if get(b, "input_file_id") == file_id), None)
 
     async def _collect(self, client: Any, batch: Any, rec: dict) -> None:
         scorer, stats = self.scorer, self.scorer.stats
         seen: set[str] = set()
-        for file_id in (_get(batch, "output_file_id"), _get(batch, "error_file_id")):
-            content = (await client.files.content(file_id)).text if file_id else ""
-            for line in content.splitlines():
+        for file_id in (get(batch, "output_file_id"), get(batch, "error_file_id")):
+            for line in ((await client.files.content(file_id)).text if file_id else "").splitlines():
                 try:
                     item = json.loads(line)
                 except json.JSONDecodeError:
@@ -175,15 +155,15 @@ class BatchRunner:
                     scorer._fail(key, int(idx), f"batch {batch.id}: HTTP {response.get('status_code')}: {msg[:300]}")
                     continue
                 stats.add_usage(body.get("usage"))
-                reply = read_choice((body.get("choices") or [{}])[0], scorer.opts.max_score, scorer.opts.logprobs)
+                reply = read_choice((body.get("choices") or [{}])[0], self.opts.max_score, self.opts.logprobs)
                 if reply.score is None:
                     stats.unparsed += 1
                     scorer._fail(key, int(idx), reply.error or "no score")
                 else:
                     scorer._record(key, int(idx), reply, batch_id=batch.id)
-        if _get(batch, "status") != "completed":
-            data = _get(_get(batch, "errors"), "data")
-            detail = ": " + "; ".join(str(_get(e, "message")) for e in data[:3]) if data else ""
+        if get(batch, "status") != "completed":
+            data = get(get(batch, "errors"), "data")
+            detail = ": " + "; ".join(str(get(e, "message")) for e in data[:3]) if data else ""
             for cid in set(rec.get("keys") or []) - seen:
                 key, _, idx = cid.rpartition(":")
                 scorer._fail(key, int(idx) if idx.isdigit() else 0, f"batch {batch.id} ended {batch.status}{detail}")

@@ -1,24 +1,18 @@
-"""The resume cache: an append-only JSONL sidecar next to the output.
+"""The resume cache: an append-only JSONL sidecar next to the output, never holding the API key.
 
-Every reply is appended and flushed to the OS the moment it arrives, so killing the process at
-any point loses no paid-for result; a background thread fsyncs new lines (group commit, off the
-event loop) so they also reach the disk within milliseconds. A torn last line is skipped on load. Entries are keyed
-by a hash of everything that decides the score (scorer, model, prompt fingerprint, request options,
-the rendered sample), plus the index of the reply for ``--samples K``.
-
-Line kinds::
+Every reply is written and flushed to the OS as it arrives (a killed process loses nothing) and
+fsync'd by a background thread (group commit); a torn last line is skipped on load. Lines::
 
     {"key": K, "i": 0, "ok": true,  "score": 42.0, "parsed": 42.0, "expected": null, ...}   a reply
     {"key": K, "i": 0, "ok": false, "error": "HTTP 500 after 6 retries"}                   a failure
     {"batch": "batch_abc", "state": "submitted", "keys": [...], "input_file_id": "file-1"} Batch API
 
-A row asked K times (``--samples K``) is scored once every reply slot has an answer or a failure and
-at least ``min_samples`` answers hold a score: the score is their mean. Failed slots of a row that
-has no score are re-sent by a re-run. The API key is never written here.
+``K`` hashes everything that decides the score; ``i`` is the reply slot of ``--samples K``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,63 +30,57 @@ def make_key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 
-class ScoreCache:
-    """Replies and batch records, loaded from ``path`` (if it exists) and appended to as they come.
+def _ends_mid_line(path: Path) -> bool:
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
-    ``path=None`` keeps everything in memory (no resume).
-    """
+
+class ScoreCache:
+    """Replies and batch records, loaded from ``path`` and appended to as they come (None: in memory)."""
 
     def __init__(self, path: str | os.PathLike | None, fsync: bool = True) -> None:
-        self.path = Path(path) if path is not None else None
-        self.fsync = fsync
+        self.path, self.fsync = (Path(path) if path is not None else None), fsync
         self.replies: dict[str, dict[int, dict]] = {}
         self.failures: dict[str, dict[int, str]] = {}  # key -> reply slot -> why it failed
         self.batches: dict[str, dict] = {}  # batch id (or input file id while pending) -> latest record
         self.n_corrupt = 0
-        self._lock = threading.Lock()
-        self._fh = None
-        self._dirty = threading.Event()
+        self._lock, self._dirty = threading.Lock(), threading.Event()
+        self._fh: Any = None
         self._closing = False
         self._syncer: threading.Thread | None = None
         if self.path is not None and self.path.exists():
-            self._load()
-
-    # -- reading ----------------------------------------------------------------------------------
-    def _load(self) -> None:
-        assert self.path is not None
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    self.n_corrupt += 1  # a torn line from a kill mid-write
-                    continue
-                if isinstance(rec, dict):
-                    self._absorb(rec)
+            with open(self.path, encoding="utf-8") as f:
+                for line in filter(str.strip, f):
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        self.n_corrupt += 1  # a torn line from a kill mid-write
+                        continue
+                    if isinstance(rec, dict):
+                        self._absorb(rec)
 
     def _absorb(self, rec: dict) -> None:
         if "key" not in rec and "batch" in rec:
             ident = rec.get("batch") or rec.get("input_file_id")
-            prev = self.batches.get(ident, {})
-            self.batches[ident] = {**prev, **rec}
+            self.batches[ident] = {**self.batches.get(ident, {}), **rec}
             if rec.get("input_file_id") and rec.get("batch"):
                 self.batches.pop(rec["input_file_id"], None)  # the intent record became a batch
             return
-        key, i = rec.get("key"), rec.get("i", 0)
+        key, i = rec.get("key"), int(rec.get("i", 0))
         if not isinstance(key, str):
             return
         if rec.get("ok"):
-            self.replies.setdefault(key, {})[int(i)] = rec
-            self.failures.get(key, {}).pop(int(i), None)
+            self.replies.setdefault(key, {})[i] = rec
+            self.failures.get(key, {}).pop(i, None)
         else:
-            self.failures.setdefault(key, {})[int(i)] = str(rec.get("error", "unknown error"))
+            self.failures.setdefault(key, {})[i] = str(rec.get("error", "unknown error"))
 
     def missing(self, key: str, samples: int) -> list[int]:
         """Reply slots without an answer (never sent, or failed)."""
-        have = self.replies.get(key, {})
-        return [i for i in range(samples) if i not in have]
+        return [i for i in range(samples) if i not in self.replies.get(key, {})]
 
     def usable(self, key: str, samples: int) -> list[float]:
         have = self.replies.get(key, {})
@@ -100,10 +88,8 @@ class ScoreCache:
 
     def score(self, key: str, samples: int = 1, min_samples: int = 1) -> float | None:
         """Mean of the usable replies once every slot is concluded and at least ``min_samples`` hold a score."""
-        got = self.usable(key, samples)
-        failed = self.failures.get(key, {})
-        if len(got) < min_samples or any(i not in self.replies.get(key, {}) and i not in failed
-                                         for i in range(samples)):
+        got, failed = self.usable(key, samples), self.failures.get(key, {})
+        if len(got) < min_samples or any(i not in failed for i in self.missing(key, samples)):
             return None
         return float(sum(got) / len(got))
 
@@ -112,7 +98,6 @@ class ScoreCache:
         failed = self.failures.get(key)
         return failed[min(failed)] if failed else None
 
-    # -- writing ----------------------------------------------------------------------------------
     def append(self, rec: dict) -> None:
         rec = {"v": CACHE_FORMAT, **rec, "t": round(time.time(), 3)}
         line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
@@ -122,37 +107,24 @@ class ScoreCache:
                 return
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                torn = _ends_mid_line(self.path)
                 self._fh = open(self.path, "a", encoding="utf-8")
-                if self._fh.tell() > 0 and self._needs_newline():
-                    self._fh.write("\n")  # after a torn line, start on a fresh one
+                self._fh.write("\n" if torn else "")  # after a torn line, start on a fresh one
             self._fh.write(line)
             self._fh.flush()  # in the kernel now: a killed process loses nothing
-            if self.fsync:  # on the disk soon: group-committed by a background thread
-                if self._syncer is None:
-                    self._syncer = threading.Thread(target=self._sync_loop, name="ual-cache-fsync", daemon=True)
-                    self._syncer.start()
-                self._dirty.set()
+        if self.fsync:  # on the disk soon: group-committed by a background thread
+            if self._syncer is None:
+                self._syncer = threading.Thread(target=self._sync_loop, name="ual-cache-fsync", daemon=True)
+                self._syncer.start()
+            self._dirty.set()
 
     def _sync_loop(self) -> None:
-        while True:
+        while not self._closing:
             self._dirty.wait()
             self._dirty.clear()
-            with self._lock:
-                if self._fh is None:
-                    return
-                fd = self._fh.fileno()
-                try:
-                    os.fsync(fd)  # under the lock: close() cannot pull the file away mid-fsync
-                except OSError:
-                    return
-            if self._closing:
-                return
-
-    def _needs_newline(self) -> bool:
-        assert self.path is not None
-        with open(self.path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) != b"\n"
+            with self._lock, contextlib.suppress(OSError):  # under the lock: close() waits for the fsync
+                if self._fh is not None:
+                    os.fsync(self._fh.fileno())
 
     def add_reply(self, key: str, i: int, **fields: Any) -> None:
         self.append({"key": key, "i": i, "ok": True, **fields})

@@ -1,13 +1,9 @@
 """Scoring through an OpenAI-compatible chat endpoint with the official ``openai`` client.
 
-The client itself retries 429, 5xx, 408/409, timeouts and connection errors (``max_retries``) and
-honours ``retry-after``. What only this tool knows rides on httpx event hooks: an error no retry
-fixes (a refused ``response_format``, ``insufficient_quota``) is marked ``x-should-retry: false``;
-every attempt is counted by what happened to the one before; a 429 pauses new requests; timeouts
-and replies slower than half the timeout lower the concurrency. On top: the structured-output mode
-adapts once per run (json_schema, json_object, plain text), ``n`` carries ``--samples`` where the
-server honours it, and an unusable reply gets a follow-up turn asking for only the score. The key
-is only handed to the client; every message printed or stored passes through :class:`Redactor`.
+The client retries 429 / 5xx / timeouts and honours ``retry-after``; httpx hooks add what only this tool
+knows: errors no retry fixes, why each attempt was retried, a pause after a 429, fewer workers after
+timeouts. The response format adapts once per run, ``n`` carries ``--samples``, an unusable reply gets
+a follow-up turn, and everything printed or stored passes through :class:`Redactor`.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ from typing import Any
 
 from ual_plugin.scoring.cache import ScoreCache
 from ual_plugin.scoring.options import ScoreOptions
-from ual_plugin.scoring.parse import Reply, read_choice
+from ual_plugin.scoring.parse import Reply, get, read_choice
 from ual_plugin.scoring.prompts import response_format_schema
 
 KEY_ENV_VARS = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN")
@@ -65,45 +61,41 @@ def make_client(opts: ScoreOptions, hooks: dict[str, list] | None = None, sync: 
     if hooks:
         common["http_client"] = openai.DefaultAsyncHttpxClient(event_hooks=hooks)
     if opts.azure:
-        cls = openai.AzureOpenAI if sync else openai.AsyncAzureOpenAI
-        return cls(api_key=opts.api_key or os.environ.get("AZURE_OPENAI_API_KEY") or None,
-                   azure_ad_token=os.environ.get("AZURE_OPENAI_AD_TOKEN") or None,
-                   azure_endpoint=os.environ["AZURE_OPENAI_ENDPOINT"],
-                   api_version=os.environ.get("OPENAI_API_VERSION") or DEFAULT_AZURE_API_VERSION, **common)
+        return (openai.AzureOpenAI if sync else openai.AsyncAzureOpenAI)(
+            api_key=opts.api_key or os.environ.get("AZURE_OPENAI_API_KEY") or None,
+            azure_ad_token=os.environ.get("AZURE_OPENAI_AD_TOKEN") or None,
+            azure_endpoint=os.environ["AZURE_OPENAI_ENDPOINT"],
+            api_version=os.environ.get("OPENAI_API_VERSION") or DEFAULT_AZURE_API_VERSION, **common)
     key = opts.api_key or os.environ.get("OPENAI_API_KEY")
-    if not key:
-        if opts.endpoint is None:
-            raise ConfigError("no API key: set OPENAI_API_KEY (or AZURE_OPENAI_API_KEY + AZURE_OPENAI_ENDPOINT + "
-                              "OPENAI_API_VERSION for Azure), or pass --base-url for a local server, or use "
-                              "--scorer ppl")
-        key = "not-needed"  # local servers (vLLM, Ollama, llama.cpp) accept any key
-    return (openai.OpenAI if sync else openai.AsyncOpenAI)(api_key=key, base_url=opts.endpoint, **common)
+    if not key and opts.endpoint is None:
+        raise ConfigError("no API key: set OPENAI_API_KEY (or AZURE_OPENAI_API_KEY + AZURE_OPENAI_ENDPOINT + "
+                          "OPENAI_API_VERSION for Azure), or pass --base-url for a local server, or use --scorer ppl")
+    # local servers (vLLM, Ollama, llama.cpp) accept any key
+    return (openai.OpenAI if sync else openai.AsyncOpenAI)(api_key=key or "not-needed", base_url=opts.endpoint,
+                                                           **common)
 
 
 def served_model(opts: ScoreOptions) -> str:
     """The model of a custom endpoint that serves exactly one (``GET /v1/models``), else ConfigError."""
     import openai
 
-    redact = Redactor(opts.api_key).redact
     try:
         names = [m.id for m in make_client(opts, sync=True).with_options(max_retries=2).models.list()]
     except openai.OpenAIError as err:
-        raise ConfigError(redact(f"no --model given and {opts.endpoint}/models could not be listed "
-                                 f"({type(err).__name__}: {_err_text(err)}); pass --model")) from None
+        raise ConfigError(Redactor(opts.api_key).redact(
+            f"no --model given and {opts.endpoint}/models could not be listed ({type(err).__name__}: "
+            f"{err_text(err)}); pass --model")) from None
     if len(names) != 1:
         raise ConfigError(f"no --model given and {opts.endpoint} serves {len(names)} models "
                           f"({', '.join(names[:10]) or 'none'}): pass --model NAME")
     return names[0]
 
 
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
-
-
-def _err_text(err: Any) -> str:
-    body = _get(err, "body")
-    msg = _get(body, "message") if isinstance(body, dict) else None
-    return " ".join(str(msg or _get(err, "message") or err).split())[:300]
+def err_text(err: Any) -> str:
+    """An API error's own message, on one line."""
+    body = get(err, "body")
+    msg = get(body, "message") if isinstance(body, dict) else None
+    return " ".join(str(msg or get(err, "message") or err).split())[:300]
 
 
 @dataclass
@@ -122,11 +114,9 @@ class RunStats:
     elapsed: float = 0.0
 
     def add_usage(self, usage: Any) -> None:
-        if usage is None:
-            self.usage_missing += 1
-            return
-        self.tokens_in += int(_get(usage, "prompt_tokens", 0) or 0)
-        self.tokens_out += int(_get(usage, "completion_tokens", 0) or 0)
+        self.usage_missing += usage is None
+        self.tokens_in += int(get(usage, "prompt_tokens", 0) or 0)
+        self.tokens_out += int(get(usage, "completion_tokens", 0) or 0)
 
 
 @dataclass
@@ -136,42 +126,21 @@ class Job:
     messages: list[dict[str, str]]
 
 
-class _Limiter:
-    """At most ``limit`` requests in flight; the limit can be lowered while running."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.active, self.cond = limit, 0, asyncio.Condition()
-
-    async def __aenter__(self) -> None:
-        async with self.cond:
-            await self.cond.wait_for(lambda: self.active < self.limit)
-            self.active += 1
-
-    async def __aexit__(self, *exc: Any) -> None:
-        async with self.cond:
-            self.active -= 1
-            self.cond.notify_all()
-
-
 class ApiScorer:
     """Runs jobs against the endpoint; replies go to ``cache``; ``stats`` says how it went."""
 
     def __init__(self, opts: ScoreOptions, cache: ScoreCache, scorer_name: str, prompt_version: str,
                  max_tokens: int) -> None:
         self.opts, self.cache, self.scorer_name, self.prompt_version = opts, cache, scorer_name, prompt_version
-        self.max_tokens = max_tokens
-        self.redactor = Redactor(opts.api_key)
-        self.stats = RunStats()
+        self.max_tokens, self.redactor, self.stats = max_tokens, Redactor(opts.api_key), RunStats()
         self.format = "json_schema" if opts.response_format == "auto" else opts.response_format
         self.dropped: set[str] = set()
-        self.token_param = "max_tokens"
-        self.n_honoured = True
+        self.token_param, self.n_honoured = "max_tokens", True
         self._attempts: dict[str, list] = {}  # call id -> [start time, status of the last attempt]
         self._ids = itertools.count()
         self._pause_until = self._lowered_at = 0.0
-        self.limiter: _Limiter | None = None
+        self.limit = self.workers = opts.concurrency  # workers = requests in flight; they retire down to limit
 
-    # -- requests -----------------------------------------------------------------------------------
     def request_body(self, messages: Sequence[dict[str, str]], n: int = 1) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.opts.model, "messages": list(messages),
                                 self.token_param: self.max_tokens}
@@ -203,11 +172,12 @@ class ApiScorer:
                 self._note(f"the server refused response_format {sent} (HTTP {status}: {text[:160]}); "
                            f"using {'plain text' if self.format == 'none' else self.format} for the rest of the run")
             return True
-        if self.token_param in body and "max_completion_tokens" in low and self.token_param == "max_tokens":
+        if self.token_param == "max_tokens" and "max_completion_tokens" in low:
             self.token_param = "max_completion_tokens"
             return True
-        named = [p for p in ("top_logprobs", "logprobs", "temperature", "n") if p in body and f"'{p}'" in
-                 low.replace('"', "'").replace("`", "'")] if status in (400, 422) else []
+        low = low.replace('"', "'").replace("`", "'")
+        named = [p for p in ("top_logprobs", "logprobs", "temperature", "n")
+                 if p in body and f"'{p}'" in low] if status in (400, 422) else []
         for p in named:
             if p == "n":
                 self.n_honoured = False
@@ -216,7 +186,7 @@ class ApiScorer:
                 self._note(f"the server rejected `{p}` (HTTP {status}: {text[:160]}); continuing without it")
         return bool(named)
 
-    # -- httpx hooks: what the client's own retries cannot know --------------------------------------
+    # httpx hooks: what the client's own retries cannot know
     async def _on_request(self, request: Any) -> None:
         call = request.headers.get("x-ual-call")
         if call is None:
@@ -255,14 +225,12 @@ class ApiScorer:
             self._pause_until = max(self._pause_until, time.monotonic() + min(wait, 120.0))
 
     def _lower(self, why: str) -> None:
-        lim = self.limiter
-        if lim is None or lim.limit == 1 or time.monotonic() - self._lowered_at < self.opts.timeout / 2:
+        if self.limit == 1 or time.monotonic() - self._lowered_at < self.opts.timeout / 2:
             return
         self._lowered_at = time.monotonic()
-        self._note(f"{why} at concurrency {lim.limit}: lowered to {max(1, lim.limit // 2)}")
-        lim.limit = max(1, lim.limit // 2)
+        self._note(f"{why} at concurrency {self.limit}: lowered to {max(1, self.limit // 2)}")
+        self.limit = max(1, self.limit // 2)
 
-    # -- one request ----------------------------------------------------------------------------------
     async def _call(self, client: Any, body: dict[str, Any]) -> Any:
         """The completion, :data:`_RETRY` when the request must change, or the reason it failed (str)."""
         import openai
@@ -270,35 +238,35 @@ class ApiScorer:
         while (delay := self._pause_until - time.monotonic()) > 0:
             await asyncio.sleep(delay)
         call = str(next(self._ids))
+        retries = f" after {self.opts.max_retries} retries"
         try:
-            async with self.limiter:  # type: ignore[union-attr]
-                return await client.chat.completions.create(**body, extra_headers={"x-ual-call": call})
+            return await client.chat.completions.create(**body, extra_headers={"x-ual-call": call})
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as err:
             what = {401: "authentication failed (check the API key)", 403: "permission denied",
                     404: f"not found (is the model/deployment {self.opts.model!r} right? is --base-url right?)"}
-            raise FatalAPIError(f"HTTP {err.status_code}: {what[err.status_code]}: {_err_text(err)}") from None
+            raise FatalAPIError(f"HTTP {err.status_code}: {what[err.status_code]}: {err_text(err)}") from None
         except openai.APIStatusError as err:
-            text, status = _err_text(err), err.status_code
-            if "insufficient_quota" in f"{_get(err, 'code')} {text}":
+            text, status = err_text(err), err.status_code
+            if "insufficient_quota" in f"{get(err, 'code')} {text}":
                 raise FatalAPIError(f"HTTP 429 insufficient_quota: {text}") from None
             if self._adapt(body, status, text):
                 return _RETRY
-            retried = f" after {self.opts.max_retries} retries" if status == 429 or status >= 500 else ""
             kind = {429: " (rate limited)", 400: " (bad request)"}.get(status, " (server error)" if status >= 500 else "")
-            return f"HTTP {status}{kind}{retried}: {text}"
+            return f"HTTP {status}{kind}{retries if status == 429 or status >= 500 else ''}: {text}"
         except openai.APITimeoutError:
-            return f"timeout after {self.opts.max_retries} retries (--timeout {self.opts.timeout:g} s)"
+            return f"timeout{retries} (--timeout {self.opts.timeout:g} s)"
         except openai.APIConnectionError as err:
-            return f"connection error after {self.opts.max_retries} retries: {_err_text(err.__cause__ or err)}"
+            return f"connection error{retries}: {err_text(err.__cause__ or err)}"
         finally:
             self._attempts.pop(call, None)
 
     async def _complete(self, client: Any, messages: list[dict[str, str]], n: int = 1) -> Any:
         while (out := await self._call(client, self.request_body(messages, n))) is _RETRY:
             pass
+        if not isinstance(out, str):
+            self.stats.add_usage(get(out, "usage"))
         return out
 
-    # -- one row ------------------------------------------------------------------------------------------
     async def _run_job(self, client: Any, job: Job) -> None:
         slots = list(job.slots)
         while slots and not self.stats.fatal:
@@ -308,8 +276,7 @@ class ApiScorer:
                 for slot in slots:
                     self._fail(job.key, slot, completion)
                 return
-            self.stats.add_usage(_get(completion, "usage"))
-            choices = list(_get(completion, "choices") or [])
+            choices = list(get(completion, "choices") or [])
             if n > 1 and len(choices) < n and self.n_honoured:
                 self.n_honoured = False
                 self._note(f"the server answered `n={n}` with {len(choices)} choice(s): sending one request "
@@ -317,8 +284,7 @@ class ApiScorer:
             if not choices:
                 self._fail(job.key, slots.pop(0), "reply has no choices")
             for choice in choices[:len(slots)]:
-                slot = slots.pop(0)
-                reply = read_choice(choice, self.opts.max_score, self.opts.logprobs)
+                slot, reply = slots.pop(0), read_choice(choice, self.opts.max_score, self.opts.logprobs)
                 for _ in range(self.opts.parse_retries):
                     if reply.score is not None:
                         break
@@ -337,8 +303,7 @@ class ApiScorer:
         completion = await self._complete(client, follow)
         if isinstance(completion, str):
             return Reply(reply.text, error=completion)
-        self.stats.add_usage(_get(completion, "usage"))
-        choices = _get(completion, "choices") or []
+        choices = get(completion, "choices") or []
         return read_choice(choices[0], self.opts.max_score, self.opts.logprobs) if choices else reply
 
     def _record(self, key: str, slot: int, reply: Reply, **extra: Any) -> None:
@@ -350,33 +315,21 @@ class ApiScorer:
                              model=self.opts.model, prompt=self.prompt_version, **extra)
 
     def _fail(self, key: str, slot: int, reason: str) -> None:
-        reason = self.redactor.redact(reason)
-        self.stats.failures[key] = reason
+        self.stats.failures[key] = reason = self.redactor.redact(reason)
         self.cache.add_failure(key, slot, reason, scorer=self.scorer_name)
 
-    # -- the run --------------------------------------------------------------------------------------------
     def run(self, jobs: Sequence[Job]) -> RunStats:
         """Blocking entry point (its own event loop; in a thread if one is already running)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.arun(jobs))
-        import concurrent.futures
-
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, self.arun(jobs)).result()
+        return run_sync(self.arun(jobs))
 
     async def arun(self, jobs: Sequence[Job]) -> RunStats:
         from tqdm.auto import tqdm
 
         t0 = time.monotonic()
-        self.limiter = _Limiter(self.opts.concurrency)
         client = make_client(self.opts, {"request": [self._on_request], "response": [self._on_response]})
         disable = (not sys.stderr.isatty()) if self.opts.progress is None else not self.opts.progress
         bar = tqdm(total=len(jobs), unit="row", desc="scoring", disable=disable, dynamic_ncols=True, smoothing=0.1)
-        # the first row goes alone: the response format, the model and the key are settled before the rest
-        first = 1
-        rest = iter(jobs[first:])
+        rest = iter(jobs[1:])
 
         async def work(todo: Any) -> None:
             for job in todo:
@@ -390,12 +343,28 @@ class ApiScorer:
                 if self.stats.failures or self.stats.retries:
                     bar.set_postfix(failed=len(self.stats.failures), retries=sum(self.stats.retries.values()),
                                     refresh=False)
+                if todo is rest and self.workers > self.limit:  # concurrency lowered: this worker retires
+                    self.workers -= 1
+                    return
 
-        try:
-            await work(jobs[:first])
-            await asyncio.gather(*(work(rest) for _ in range(min(self.opts.concurrency, max(0, len(jobs) - first)))))
+        try:  # the first row goes alone: the response format, the model and the key are settled first
+            await work(jobs[:1])
+            self.workers = min(self.limit, len(jobs) - 1)
+            await asyncio.gather(*(work(rest) for _ in range(max(0, self.workers))))
         finally:
             bar.close()
             self.stats.elapsed = time.monotonic() - t0
             await client.close()
         return self.stats
+
+
+def run_sync(coro: Any) -> Any:
+    """``asyncio.run(coro)``, in a thread when an event loop is already running (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
