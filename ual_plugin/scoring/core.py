@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,9 +54,7 @@ class ScoreResult:
     def exit_code(self) -> int:
         if self.estimate is not None:
             return 0
-        if self.fatal:
-            return 2
-        return 3 if self.pending_batches else 1 if self.failed_rows else 0
+        return 2 if self.fatal else 3 if self.pending_batches else 1 if self.failed_rows else 0
 
     def dataset(self) -> Any:
         """The input rows plus the score column, as a ``datasets.Dataset``."""
@@ -68,23 +67,20 @@ class ScoreResult:
         for reason, n in by_reason.most_common(limit):
             rows = [i for i, r in self.failed_rows.items() if r == reason][:5]
             lines.append(f"  {n} row(s) [{', '.join(map(str, rows))}{', ...' if n > len(rows) else ''}]: {reason}")
-        if len(by_reason) > limit:
-            lines.append(f"  ... and {len(by_reason) - limit} other reason(s)")
-        return lines
+        return lines + ([f"  ... and {len(by_reason) - limit} other reason(s)"] if len(by_reason) > limit else [])
 
     def summary_lines(self) -> list[str]:
-        s = self.stats
         if self.estimate is not None:
             return self.estimate
+        s = self.stats
         lines = [f"scored {sum(v is not None for v in self.values)}/{self.n_rows} rows ({self.n_cached_rows} from "
                  f"the cache) in {s.elapsed:.1f} s with {self.scorer}; layout {self.layout}"]
         if self.scorer.startswith("ppl"):
             lines.append(f"tokens: {s.tokens_in:,} through the local model (no API, no cost)")
         else:
-            rate = s.requests / s.elapsed if s.elapsed > 0 else 0.0
             retries = ", ".join(f"{n} x {r}" for r, n in s.retries.most_common()) or "none"
-            lines.append(f"requests: {s.requests} ({rate:.1f}/s); retries: {retries}; replies without a score: "
-                         f"{s.unparsed}")
+            lines.append(f"requests: {s.requests} ({s.requests / s.elapsed if s.elapsed > 0 else 0.0:.1f}/s); "
+                         f"retries: {retries}; replies without a score: {s.unparsed}")
             unknown = f" (the server reported no usage for {s.usage_missing} replies)" if s.usage_missing else ""
             lines.append(f"tokens: {s.tokens_in:,} in, {s.tokens_out:,} out{unknown}")
             if self.pricing is not None:
@@ -92,8 +88,7 @@ class ScoreResult:
             for why, n in s.logprob_notes.items():
                 extra = " (a tokenizer that splits numbers into digits)" if why == DIGIT_SPLIT else ""
                 lines.append(f"note: --logprobs: for {n} replies {why}{extra}; their parsed score was kept")
-            short = sum(0 < k < self.samples for k in self.n_replies)
-            if short:
+            if short := sum(0 < k < self.samples for k in self.n_replies):
                 lines.append(f"note: {short} row(s) are the mean of fewer than {self.samples} usable replies "
                              "(the count of each is in the cache)")
         lines += [f"note: {n}" for n in s.notes]
@@ -104,9 +99,8 @@ class ScoreResult:
             lines.append(f"batch(es) pending: {', '.join(self.pending_batches)}; re-run the same command to "
                          "collect the results. No output was written.")
         elif self.failed_rows:
-            lines.append(f"FAILED: {self.n_failed} row(s) have no score (written as null):")
-            lines += self.failure_summary()
-            lines.append("re-run the same command to retry them (scored rows are not sent again).")
+            lines += [f"FAILED: {self.n_failed} row(s) have no score (written as null):", *self.failure_summary(),
+                      "re-run the same command to retry them (scored rows are not sent again)."]
         if self.output is not None and not self.fatal and not self.pending_batches:
             lines.append(f"wrote {self.output}")
         return lines
@@ -120,21 +114,9 @@ def score(data: Any, output: str | os.PathLike | None = None, options: ScoreOpti
     loaded = formats.load_data(data, split=opts.split)
     layout = formats.resolve_layout(loaded, opts.format)
     convs = formats.conversations(loaded, layout)
-    cache_path = formats.sidecar_path(output) if opts.cache_path is None and output is not None else \
-        (opts.cache_path or None)
-    cache = ScoreCache(cache_path)  # type: ignore[arg-type]
-    try:
-        return _score(opts, loaded, layout, convs, cache, output, log)
-    finally:
-        cache.close()
-
-
-def _score(opts: ScoreOptions, loaded: formats.LoadedData, layout: str, convs: list, cache: ScoreCache,
-           output: Any, log: Callable[[str], None]) -> ScoreResult:
-    samples = opts.samples
+    samples = opts.samples if opts.scorer == "openai" else 1
     if opts.scorer == "openai":
-        if opts.model is None:
-            opts.model = "gpt-4o" if opts.openai_hosted else served_model(opts)
+        opts.model = opts.model or ("gpt-4o" if opts.openai_hosted else served_model(opts))
         prompt = load_prompt(opts.prompt, opts.max_score)
         host = "" if opts.openai_hosted else f" at {opts.endpoint}"
         scorer_name = f"openai:{opts.model}" + (" (azure)" if opts.azure else "") + host
@@ -146,69 +128,75 @@ def _score(opts: ScoreOptions, loaded: formats.LoadedData, layout: str, convs: l
 
         if not opts.model:
             raise ValueError("--scorer ppl needs --model PATH (a local causal LM folder)")
-        scorer_name, samples = f"ppl:{opts.model}", 1
+        scorer_name = f"ppl:{opts.model}"
         keys = [make_key("ppl", model_fingerprint(opts.model), opts.max_length, c) for c in convs]
     first_row: dict[str, int] = {}
     for i, k in enumerate(keys):
         first_row.setdefault(k, i)
-    done = {k for k in first_row if cache.score(k, samples, opts.min_samples) is not None}
-    result = ScoreResult(values=[], layout=layout, field=opts.field, n_rows=len(keys), n_unique=len(first_row),
-                         n_cached_rows=sum(k in done for k in keys), failed_rows={}, stats=RunStats(),
-                         scorer=scorer_name, output=Path(output) if output is not None else None, loaded=loaded,
-                         samples=samples)
-    todo = [k for k in first_row if k not in done]
-    if opts.scorer == "openai":
-        result.pricing = Pricing.resolve(opts.model, opts.price_in, opts.price_out, opts.batch, opts.openai_hosted)
-        jobs = [Job(k, cache.missing(k, samples), prompt.messages(texts[first_row[k]])) for k in todo]
-        max_tokens = opts.max_tokens or (16 if prompt.version == PAPER_PROMPT_VERSION else 256)
-        if opts.dry_run:
-            result.estimate = _estimate(result, jobs, opts)
-            return result
-        live = [r.get("batch") or r.get("input_file_id") for r in cache.batches.values()
-                if r.get("state") != "collected"]
-        if live and not opts.batch:
-            log(f"warning: batch(es) {', '.join(map(str, live))} from an earlier --batch run are not collected; "
-                "their rows are sent again now. Stop and re-run with --batch to collect them instead.")
-        api = ApiScorer(opts, cache, scorer_name, prompt.version, max_tokens)
-        try:
-            if opts.batch:
-                from ual_plugin.scoring.batch import BatchRunner
-
-                runner = BatchRunner(api, log=log)
-                runner.run(jobs)
-                result.pending_batches = runner.pending
-            elif jobs:
-                api.run(jobs)
-        except Exception as err:  # openai errors can quote the request: never show the key
-            text = api.redactor.redact(f"{type(err).__name__}: {err}")
-            if text == f"{type(err).__name__}: {err}":
-                raise
-            raise RuntimeError(text) from None
-        result.stats, result.fatal = api.stats, api.stats.fatal
-    else:
-        if opts.dry_run:
+    cache_path = formats.sidecar_path(output) if opts.cache_path is None and output is not None else opts.cache_path
+    with ScoreCache(cache_path or None) as cache:
+        done = {k for k in first_row if cache.score(k, samples, opts.min_samples) is not None}
+        todo = [k for k in first_row if k not in done]
+        result = ScoreResult(values=[], layout=layout, field=opts.field, n_rows=len(keys), n_unique=len(first_row),
+                             n_cached_rows=sum(k in done for k in keys), failed_rows={}, stats=RunStats(),
+                             scorer=scorer_name, output=Path(output) if output is not None else None,
+                             loaded=loaded, samples=samples)
+        if opts.scorer == "openai":
+            result.pricing = Pricing.resolve(opts.model, opts.price_in, opts.price_out, opts.batch,
+                                             opts.openai_hosted)
+            jobs = [Job(k, cache.missing(k, samples), prompt.messages(texts[first_row[k]])) for k in todo]
+            if opts.dry_run:
+                result.estimate = _estimate(result, jobs, opts)
+                return result
+            _run_api(opts, cache, jobs, result, prompt.version, log)
+        elif opts.dry_run:
             result.estimate = ["dry run: nothing was computed and nothing was written.",
                                f"rows: {result.n_rows} ({result.n_cached_rows} already scored in the cache); "
                                f"{len(todo)} distinct samples to run through the local model {opts.model}"]
             return result
-        if todo:
+        elif todo:
             from ual_plugin.scoring.ppl_scorer import score_ppl
 
             result.stats = score_ppl([(k, convs[first_row[k]]) for k in todo], opts, cache, scorer_name)
-    result.values = [cache.score(k, samples, opts.min_samples) for k in keys]
-    result.n_replies = [len(cache.usable(k, samples)) for k in keys]
-    for i, (k, v) in enumerate(zip(keys, result.values, strict=True)):
-        if v is None:
-            result.failed_rows[i] = result.stats.failures.get(k) or cache.failure(k) or (
-                "not sent: the run stopped early" if result.fatal else "pending in a batch")
-    if output is not None and not result.fatal and not result.pending_batches:
-        try:
-            formats.write_output(output, result.dataset())
-        except Exception as err:
-            keep = f" The scores are kept in {cache.path}: re-run with another -o and --cache {cache.path} to " \
-                   "write them without sending anything again." if cache.path else ""
-            raise formats.InputError(f"could not write {output} ({type(err).__name__}: {err}).{keep}") from err
+        result.values = [cache.score(k, samples, opts.min_samples) for k in keys]
+        result.n_replies = [len(cache.usable(k, samples)) for k in keys]
+        for i, (k, v) in enumerate(zip(keys, result.values, strict=True)):
+            if v is None:
+                result.failed_rows[i] = result.stats.failures.get(k) or cache.failure(k) or (
+                    "not sent: the run stopped early" if result.fatal else "pending in a batch")
+        if output is not None and not result.fatal and not result.pending_batches:
+            try:
+                formats.write_output(output, result.dataset())
+            except Exception as err:
+                keep = f" The scores are kept in {cache.path}: re-run with another -o and --cache {cache.path} " \
+                       "to write them without sending anything again." if cache.path else ""
+                raise formats.InputError(f"could not write {output} ({type(err).__name__}: {err}).{keep}") from err
     return result
+
+
+def _run_api(opts: ScoreOptions, cache: ScoreCache, jobs: list[Job], result: ScoreResult, prompt_version: str,
+             log: Callable[[str], None]) -> None:
+    live = [r.get("batch") or r.get("input_file_id") for r in cache.batches.values() if r.get("state") != "collected"]
+    if live and not opts.batch:
+        log(f"warning: batch(es) {', '.join(map(str, live))} from an earlier --batch run are not collected; "
+            "their rows are sent again now. Stop and re-run with --batch to collect them instead.")
+    max_tokens = opts.max_tokens or (16 if prompt_version == PAPER_PROMPT_VERSION else 256)
+    api = ApiScorer(opts, cache, result.scorer, prompt_version, max_tokens)
+    try:
+        if opts.batch:
+            from ual_plugin.scoring.batch import BatchRunner
+
+            runner = BatchRunner(api, log=log)
+            runner.run(jobs)
+            result.pending_batches = runner.pending
+        elif jobs:
+            api.run(jobs)
+    except Exception as err:  # openai errors can quote the request: never show the key
+        text = api.redactor.redact(f"{type(err).__name__}: {err}")
+        if text == f"{type(err).__name__}: {err}":
+            raise
+        raise RuntimeError(text) from None
+    result.stats, result.fatal = api.stats, api.stats.fatal
 
 
 def _estimate(result: ScoreResult, jobs: list[Job], opts: ScoreOptions) -> list[str]:
@@ -217,15 +205,11 @@ def _estimate(result: ScoreResult, jobs: list[Job], opts: ScoreOptions) -> list[
     requests = sum(len(j.slots) for j in jobs)
     tokens_in = sum(counter.count_messages(j.messages) * len(j.slots) for j in jobs)
     tokens_out = EST_OUTPUT_TOKENS * requests
-    if opts.batch:
-        when = "up to 24 h (Batch API completion window; often much less)"
-    elif not jobs:
-        when = "nothing to do"
-    else:
-        secs = math.ceil(requests / opts.concurrency) * ASSUMED_SECONDS_PER_REQUEST
-        when = (f"~{secs:.0f} s" if secs < 120 else f"~{secs / 60:.0f} min" if secs < 7200 else f"~{secs / 3600:.1f} h")
-        when += (f" at concurrency {opts.concurrency}, assuming {ASSUMED_SECONDS_PER_REQUEST:g} s per request "
-                 "and no rate limiting")
+    secs = math.ceil(requests / opts.concurrency) * ASSUMED_SECONDS_PER_REQUEST
+    span = f"~{secs:.0f} s" if secs < 120 else f"~{secs / 60:.0f} min" if secs < 7200 else f"~{secs / 3600:.1f} h"
+    when = "up to 24 h (Batch API completion window; often much less)" if opts.batch else "nothing to do" \
+        if not jobs else f"{span} at concurrency {opts.concurrency}, assuming {ASSUMED_SECONDS_PER_REQUEST:g} s " \
+        "per request and no rate limiting"
     return ["dry run: no scoring request was sent and nothing was written.",
             f"rows: {result.n_rows} ({result.n_cached_rows} already scored in the cache, {len(jobs)} distinct "
             f"samples to score); layout: {result.layout}; model: {opts.model}",
@@ -237,17 +221,11 @@ def _estimate(result: ScoreResult, jobs: list[Job], opts: ScoreOptions) -> list[
 
 
 def score_dataset(data: Any, output: str | os.PathLike | None = None, **kwargs: Any) -> Any:
-    """Add an uncertainty column to ``data`` and return it as a ``datasets.Dataset``.
+    """Add the score column to ``data`` (a path, ``datasets.Dataset``/``DatasetDict`` or list of dicts).
 
-    ``data``: a path (``.jsonl``, ``.json``, ``.csv``, ``.parquet`` or a ``save_to_disk`` folder), a
-    ``datasets.Dataset`` / ``DatasetDict`` (with ``split=``) or a list of dicts. ``output``: where to
-    write the scored rows (format from the extension; none = a folder), with its resume cache
-    ``OUTPUT.ual-cache.jsonl`` next to it. Keywords: the fields of :class:`ScoreOptions` (the
-    ``ual score`` flags). Rows without a score are ``None`` and a ``RuntimeWarning`` says how many and
-    why; a stop on an error no retry fixes (bad key, unknown model, no quota) raises ``RuntimeError``.
+    Keywords: the fields of :class:`ScoreOptions`. Rows without a score are ``None`` with a
+    ``RuntimeWarning`` saying why; an error no retry fixes (bad key, no quota) raises ``RuntimeError``.
     """
-    import warnings
-
     result = score(data, output, **kwargs)
     if result.fatal:
         raise RuntimeError(f"scoring stopped: {result.fatal}")

@@ -1,10 +1,4 @@
-"""Token counting (tiktoken, strictly offline) and cost estimates.
-
-tiktoken downloads its BPE tables on first use. This module never lets it: an encoding is used only
-when its file is already in tiktoken's local cache (``TIKTOKEN_CACHE_DIR`` / ``DATA_GYM_CACHE_DIR`` /
-the temp-dir default). Otherwise counts fall back to an approximation (characters / 4) that is
-labelled as such wherever it is shown.
-"""
+"""Token counts (tiktoken, only from its local cache, never downloading) and cost estimates."""
 
 from __future__ import annotations
 
@@ -13,40 +7,27 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-# USD per 1M tokens (input, output), standard (non-batch) tier, from OpenAI's public pricing page
-# as of 2025-06. Prices change: override with --price-in / --price-out. The Batch API bills half.
+# USD per 1M tokens (input, output), standard tier, OpenAI's public pricing page as of 2025-06.
+# Prices change: override with --price-in / --price-out. The Batch API bills half.
 PRICES_AS_OF = "2025-06"
 PRICES_PER_1M: dict[str, tuple[float, float]] = {
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-4-turbo": (10.00, 30.00),
-    "gpt-4": (30.00, 60.00),
+    "gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "gpt-4.1": (2.00, 8.00), "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40), "gpt-4-turbo": (10.00, 30.00), "gpt-4": (30.00, 60.00),
     "gpt-3.5-turbo": (0.50, 1.50),
 }
 BATCH_DISCOUNT = 0.5
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})")
-
-# Tokens the chat format adds: per message (role, separators) and to prime the reply.
-TOKENS_PER_MESSAGE = 3
-TOKENS_REPLY_PRIMING = 3
-# Expected reply length: '{"score": 42}' is 6 tokens with OpenAI tokenizers; a little slack.
-EST_OUTPUT_TOKENS = 8
+TOKENS_PER_MESSAGE = TOKENS_REPLY_PRIMING = 3  # what the chat format adds per message and to prime the reply
+EST_OUTPUT_TOKENS = 8  # '{"score": 42}' is 6 tokens with OpenAI tokenizers; a little slack
 
 
 def price_for(model: str) -> tuple[float, float] | None:
     """(input, output) USD per 1M tokens for a known model or a dated snapshot of one, else None."""
     name = model.lower().removeprefix("openai/")
-    if name in PRICES_PER_1M:
-        return PRICES_PER_1M[name]
-    # dated snapshots: gpt-4o-2024-08-06 -> gpt-4o, gpt-4-0613 -> gpt-4 (longest family first, so
-    # gpt-4o-mini-... is not priced as gpt-4o); anything else (gpt-4-32k, *-preview) stays unknown
-    for family in sorted(PRICES_PER_1M, key=len, reverse=True):
-        if name.startswith(family) and _SNAPSHOT.fullmatch(name[len(family):]):
-            return PRICES_PER_1M[family]
-    return None
+    # dated snapshots (gpt-4o-2024-08-06, gpt-4-0613) take their family's price, longest family first
+    family = next((f for f in sorted(PRICES_PER_1M, key=len, reverse=True)
+                   if name == f or (name.startswith(f) and _SNAPSHOT.fullmatch(name[len(f):]))), None)
+    return PRICES_PER_1M[family] if family else None
 
 
 @dataclass
@@ -54,7 +35,7 @@ class Pricing:
     model: str
     price_in: float | None
     price_out: float | None
-    source: str  # "table (2025-06)" | "--price-in/--price-out" | "unknown"
+    source: str  # "price table of 2025-06" | "--price-in/--price-out" | "unknown" | "custom endpoint"
     batch: bool = False
 
     @classmethod
@@ -64,18 +45,16 @@ class Pricing:
         table = price_for(model) if openai_hosted else None
         if price_in is not None or price_out is not None:
             table = table or (None, None)
-            return cls(model, price_in if price_in is not None else table[0],
-                       price_out if price_out is not None else table[1], "--price-in/--price-out", batch)
+            return cls(model, table[0] if price_in is None else price_in, table[1] if price_out is None else price_out,
+                       "--price-in/--price-out", batch)
         if table is None:
             return cls(model, None, None, "unknown" if openai_hosted else "custom endpoint", batch)
-        known = table
-        return cls(model, known[0], known[1], f"price table of {PRICES_AS_OF}", batch)
+        return cls(model, *table, f"price table of {PRICES_AS_OF}", batch)
 
     def cost(self, tokens_in: int, tokens_out: int) -> float | None:
         if self.price_in is None or self.price_out is None:
             return None
-        factor = BATCH_DISCOUNT if self.batch else 1.0
-        return factor * (tokens_in * self.price_in + tokens_out * self.price_out) / 1e6
+        return (BATCH_DISCOUNT if self.batch else 1.0) * (tokens_in * self.price_in + tokens_out * self.price_out) / 1e6
 
     def describe(self, tokens_in: int, tokens_out: int) -> str:
         cost = self.cost(tokens_in, tokens_out)
@@ -86,15 +65,12 @@ class Pricing:
         return f"${cost:,.4f} ({self.source}: ${self.price_in}/1M in, ${self.price_out}/1M out{tier})"
 
 
-# ----------------------------------------------------------------------------------------------
-# token counting
-# ----------------------------------------------------------------------------------------------
 class _OfflineOnly(RuntimeError):
     pass
 
 
 def load_tiktoken_offline(model: str) -> tuple[object | None, str]:
-    """(encoding, note). The encoding is None when tiktoken would have to download its table."""
+    """(encoding, note); the encoding is None when tiktoken would have to download its table."""
     try:
         import tiktoken
         import tiktoken.load as tl
@@ -137,17 +113,12 @@ class TokenCounter:
     @classmethod
     def for_model(cls, model: str) -> TokenCounter:
         enc, note = load_tiktoken_offline(model)
-        if enc is None:
-            return cls(None, f"APPROXIMATE (characters / 4): {note}")
-        return cls(enc.encode_ordinary, note)  # type: ignore[attr-defined]
+        return cls(enc.encode_ordinary, note) if enc is not None else \
+            cls(None, f"APPROXIMATE (characters / 4): {note}")  # type: ignore[attr-defined]
 
     def count_text(self, text: str) -> int:
-        if self.encode is None:
-            return math.ceil(len(text) / 4)
-        return len(self.encode(text))
+        return math.ceil(len(text) / 4) if self.encode is None else len(self.encode(text))
 
     def count_messages(self, messages: Iterable[dict[str, str]]) -> int:
-        total = TOKENS_REPLY_PRIMING
-        for m in messages:
-            total += TOKENS_PER_MESSAGE + self.count_text(m.get("content", "")) + self.count_text(m.get("role", ""))
-        return total
+        return TOKENS_REPLY_PRIMING + sum(TOKENS_PER_MESSAGE + self.count_text(m.get("content", ""))
+                                          + self.count_text(m.get("role", "")) for m in messages)

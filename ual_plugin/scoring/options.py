@@ -71,9 +71,7 @@ class ScoreOptions:
 
     @property
     def effective_temperature(self) -> float:
-        if self.temperature is not None:
-            return float(self.temperature)
-        return 0.0 if self.samples == 1 else 1.0
+        return float(self.temperature) if self.temperature is not None else 0.0 if self.samples == 1 else 1.0
 
     @property
     def endpoint(self) -> str | None:
