@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -327,8 +326,8 @@ class ApiScorer:
 
         t0 = time.monotonic()
         client = make_client(self.opts, {"request": [self._on_request], "response": [self._on_response]})
-        disable = (not sys.stderr.isatty()) if self.opts.progress is None else not self.opts.progress
-        bar = tqdm(total=len(jobs), unit="row", desc="scoring", disable=disable, dynamic_ncols=True, smoothing=0.1)
+        bar = tqdm(total=len(jobs), unit="row", desc="scoring", disable=not self.opts.show_progress,
+                   dynamic_ncols=True, smoothing=0.1)
         rest = iter(jobs[1:])
 
         async def work(todo: Any) -> None:

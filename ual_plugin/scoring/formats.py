@@ -1,8 +1,7 @@
 """Reading the input and writing the output with ``datasets``; naming the rows that do not fit a layout.
 
-Inputs and outputs: ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` files (``load_dataset`` /
-``to_json`` / ``to_csv`` / ``to_parquet``) and ``save_to_disk`` folders. Outputs are written to a
-temporary name next to the target and renamed, so a reader never sees half a file.
+Files: ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` and ``save_to_disk`` folders. Outputs go to a
+temporary name next to the target and are renamed, so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -83,14 +82,13 @@ def load_data(data: Any, split: str | None = None) -> LoadedData:
 
 
 def _pick_split(dsd: Any, split: str | None, name: str) -> Any:
-    splits = list(dsd.keys())
-    if split is not None:
-        if split not in dsd:
-            raise InputError(f"{name} has no split {split!r}; it has {splits}")
-        return dsd[split]
-    if len(splits) == 1:
-        return dsd[splits[0]]
-    raise InputError(f"{name} holds several splits {splits}: choose one with --split")
+    if split is None and len(dsd) == 1:
+        return next(iter(dsd.values()))
+    if split is None:
+        raise InputError(f"{name} holds several splits {list(dsd)}: choose one with --split")
+    if split not in dsd:
+        raise InputError(f"{name} has no split {split!r}; it has {list(dsd)}")
+    return dsd[split]
 
 
 def _load_path(path: Path, split: str | None) -> LoadedData:
@@ -102,9 +100,8 @@ def _load_path(path: Path, split: str | None) -> LoadedData:
             ds = datasets.load_from_disk(str(path))
         except Exception as err:
             raise InputError(f"{path} is a folder but not one written by datasets' save_to_disk ({err})") from None
-        if isinstance(ds, datasets.DatasetDict):
-            ds = _pick_split(ds, split, str(path))
-        return LoadedData(ds, str(path), path)
+        return LoadedData(_pick_split(ds, split, str(path)) if isinstance(ds, datasets.DatasetDict) else ds,
+                          str(path), path)
     builder = BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise InputError(f"unknown input type {path.suffix!r} for {path}: use .jsonl, .json, .csv, .parquet "
@@ -122,8 +119,7 @@ def _load_path(path: Path, split: str | None) -> LoadedData:
 def _why_unreadable(path: Path, err: Exception) -> str:
     """The first malformed line of a JSON file, else the loader's own message."""
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        text = path.read_text(encoding="utf-8", errors="replace")
         try:
             json.loads(text)
             return f"{path.name} must hold JSON objects, one per row ({type(err).__name__}: {err})"
@@ -170,14 +166,11 @@ def conversations(data: LoadedData, layout: str, max_errors: int = 5) -> list[li
 
 def with_scores(data: LoadedData, values: list[float | None], field: str) -> Any:
     """The input dataset plus the float score column (an existing column of that name keeps its place)."""
-    datasets = _datasets()
-    ds, order = data.dataset, data.columns
-    if field in order:
-        ds = ds.remove_columns(field)
+    value = _datasets().Value("float64")
+    ds = data.dataset.remove_columns(field) if field in data.columns else data.dataset
     ds = ds.add_column(field, list(values))
-    if ds.features[field] != datasets.Value("float64"):
-        ds = ds.cast_column(field, datasets.Value("float64"))
-    return ds.select_columns(order) if field in order else ds
+    ds = ds.cast_column(field, value) if ds.features[field] != value else ds
+    return ds.select_columns(data.columns) if field in data.columns else ds
 
 
 def write_output(path: str | os.PathLike, ds: Any) -> None:
@@ -185,36 +178,29 @@ def write_output(path: str | os.PathLike, ds: Any) -> None:
     path = Path(path)
     kind = BUILDERS.get(path.suffix.lower(), "folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "folder":
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            ds.save_to_disk(str(tmp))
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            if path.exists():
-                os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)
+    target = Path(tmp, "out" if kind == "folder" else path.name)
     try:
-        if kind == "parquet":
-            ds.to_parquet(tmp)
+        if kind == "folder":
+            ds.save_to_disk(str(target))
+        elif kind == "parquet":
+            ds.to_parquet(target)
         elif kind == "csv":  # nested values as JSON text, so the file reads back
             nested = [c for c, f in ds.features.items() if not isinstance(f, _datasets().Value)]
             if nested:
                 ds = ds.map(lambda b: {c: [None if v is None else json.dumps(v, ensure_ascii=False)
                                            for v in b[c]] for c in nested}, batched=True)
-            ds.to_csv(tmp, index=False)
+            ds.to_csv(target, index=False)
         else:
-            ds.to_json(tmp, lines=path.suffix.lower() != ".json", orient="records", force_ascii=False,
+            ds.to_json(target, lines=path.suffix.lower() != ".json", orient="records", force_ascii=False,
                        double_precision=15)
-        os.replace(tmp, path)
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if kind == "folder" and path.exists():
+            os.replace(path, old)
+        os.replace(target, path)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:

@@ -1,10 +1,8 @@
 """Row layouts of instruction data, read one way for `ual score` and `ual analyze`.
 
-- ``messages``: ``messages`` = list of ``{"role", "content"}`` (OpenAI / TRL conversational)
-- ``sharegpt``: ``conversations`` = list of ``{"from", "value"}``
-- ``alpaca``: ``instruction``, optional ``input``, ``output`` (or ``response``), optional ``system``
-- ``prompt-completion``: ``prompt`` + ``completion`` (or ``response``): strings or message lists (TRL)
-- ``text``: a single ``text`` field (no prompt/response split)
+``messages`` (``role``/``content`` lists), ``sharegpt`` (``conversations`` of ``from``/``value``),
+``alpaca`` (``instruction``, ``input``, ``output``/``response``, ``system``), ``prompt-completion``
+(strings or message lists) and ``text``.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
          "bard": "assistant", "bing": "assistant", "model": "assistant", "bot": "assistant", "system": "system"}
 _ALIASES = {"promptcompletion": "prompt-completion", "share-gpt": "sharegpt", "conversations": "sharegpt",
             "chat": "messages", "plain": "text"}
-_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
+LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
 def normalise_layout(name: str | None) -> str | None:
@@ -48,12 +46,10 @@ def detect_layout(columns: Iterable[str]) -> str | None:
 
 def content_text(content: Any) -> str:
     """A message's content as text (multimodal part lists keep their text parts)."""
-    if content is None:
-        return ""
     if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
         parts = [str(p.get("text") or p.get("content") or "") if isinstance(p, dict) else str(p) for p in content]
         return "\n".join(p for p in parts if p)
-    return content if isinstance(content, str) else str(content)
+    return "" if content is None else content if isinstance(content, str) else str(content)
 
 
 def _maybe_list(value: Any) -> Any:
@@ -133,9 +129,8 @@ def render_sample(conv: list[dict[str, str]], max_chars: int | None = None) -> s
     if len(conv) == 1 and conv[0]["role"] == "text":
         text = conv[0]["content"]
     else:
-        text = "\n\n".join(f"[{_LABELS.get(m['role'], m['role'].title())}]\n{m['content']}" for m in conv)
+        text = "\n\n".join(f"[{LABELS.get(m['role'], m['role'].title())}]\n{m['content']}" for m in conv)
     if not max_chars or len(text) <= max_chars:
         return text
-    head = max_chars * 2 // 3
-    tail = max_chars - head
+    head, tail = max_chars * 2 // 3, max_chars - max_chars * 2 // 3
     return f"{text[:head]}\n[... {len(text) - head - tail} characters omitted ...]\n{text[-tail:]}"

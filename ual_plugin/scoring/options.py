@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -72,6 +73,10 @@ class ScoreOptions:
     @property
     def effective_temperature(self) -> float:
         return float(self.temperature) if self.temperature is not None else 0.0 if self.samples == 1 else 1.0
+
+    @property
+    def show_progress(self) -> bool:
+        return sys.stderr.isatty() if self.progress is None else self.progress
 
     @property
     def endpoint(self) -> str | None:

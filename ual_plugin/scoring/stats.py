@@ -2,10 +2,6 @@
 
 Exit codes: 0 every row has a score and the map fits; 1 some rows have no score, or no map reaches
 ``--alpha`` (too many zeros, or no scores at all); 2 the file cannot be read or lacks the column.
-
-Count, missing, mean, std and quantiles of the scores (per group when a ``source``-like column is
-present), then the label-smoothing values the exact map gives for ``--alpha`` (beta, mean, quantiles,
-share clipped at v_max), and two histograms (scores, smoothing) in a PNG.
 """
 
 from __future__ import annotations
@@ -23,6 +19,7 @@ import numpy as np
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 GROUP_COLUMNS = ("source", "dataset", "origin", "task", "category")
 MAX_GROUPS = 12
+COLUMNS = ["mean", "std", "min", "p5", "p25", "p50", "p75", "p95", "max"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,16 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _describe(values: np.ndarray) -> dict[str, float]:
     if values.size == 0:
         return {}
-    out = {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min())}
-    for q in QUANTILES:
-        out[f"p{int(q * 100)}"] = float(np.quantile(values, q))
-    out["max"] = float(values.max())
-    return out
+    quantiles = {f"p{int(q * 100)}": float(np.quantile(values, q)) for q in QUANTILES}
+    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()), **quantiles,
+            "max": float(values.max())}
 
 
 def _as_float(v: Any) -> float | None:
-    if v is None or v == "":
-        return None
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -63,11 +56,11 @@ def summarize(values: Sequence[Any], groups: Sequence[Any] | None = None, alpha:
     """Summary of the scores (None / '' / non-numbers count as missing) and of the mapped smoothing."""
     from ual_plugin.mapping import fit_smoothing_map
 
-    raw = [_as_float(v) for v in values]
-    present = np.array([v for v in raw if v is not None], dtype=np.float64)
-    missing = sum(v is None for v in raw)
-    out: dict[str, Any] = {"count": len(raw), "missing": missing, "missing_share": missing / len(raw) if raw else 0.0,
-                           "scores": _describe(present)}
+    raw = np.array([_as_float(v) for v in values], dtype=np.float64)  # missing -> nan
+    ok = ~np.isnan(raw)
+    present, missing = raw[ok], int((~ok).sum())
+    out: dict[str, Any] = {"count": len(raw), "missing": missing, "missing_share": missing / len(raw) if len(raw)
+                           else 0.0, "scores": _describe(present)}
     smooth = None
     try:
         smap = fit_smoothing_map(present, alpha=alpha, v_max=v_max)
@@ -76,59 +69,44 @@ def summarize(values: Sequence[Any], groups: Sequence[Any] | None = None, alpha:
                             "clipped_at_v_max": float(np.mean(smooth >= v_max * (1 - 1e-12)))}
     except ValueError as err:
         out["smoothing_error"] = str(err)
-    if groups is not None:
-        per: dict[str, dict[str, Any]] = {}
-        keys = [str(g) for g in groups]
-        order = list(dict.fromkeys(keys))
-        idx_present = [i for i, v in enumerate(raw) if v is not None]
+    keys = np.array([str(g) for g in groups]) if groups is not None else None
+    if keys is not None:
+        order = list(dict.fromkeys(keys.tolist()))
+        out["groups"] = {}
         for name in order[:MAX_GROUPS]:
-            g_raw = [raw[i] for i, k in enumerate(keys) if k == name]
-            g_vals = np.array([v for v in g_raw if v is not None], dtype=np.float64)
-            entry: dict[str, Any] = {"count": len(g_raw), "missing": sum(v is None for v in g_raw),
-                                     "scores": _describe(g_vals)}
+            sel = keys == name
+            entry: dict[str, Any] = {"count": int(sel.sum()), "missing": int((sel & ~ok).sum()),
+                                     "scores": _describe(raw[sel & ok])}
             if smooth is not None:
-                sel = np.array([keys[i] == name for i in idx_present], dtype=bool)
-                entry["smoothing_mean"] = float(smooth[sel].mean()) if sel.any() else None
-            per[name] = entry
-        out["groups"] = per
+                entry["smoothing_mean"] = float(smooth[sel[ok]].mean()) if (sel & ok).any() else None
+            out["groups"][name] = entry
         if len(order) > MAX_GROUPS:
             out["groups_omitted"] = len(order) - MAX_GROUPS
-    out["_present"] = present
-    out["_smooth"] = smooth
+    out["_present"], out["_smooth"], out["_keys"] = present, smooth, keys[ok] if keys is not None else None
     return out
 
 
 def _fmt(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
+    return "-" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
 def format_table(summary: dict[str, Any], field: str, group_col: str | None) -> str:
-    cols = ["count", "missing", "mean", "std", "min", "p5", "p25", "p50", "p75", "p95", "max"]
-    rows = [[f"{field} (all)", summary["count"], summary["missing"], *[summary["scores"].get(c) for c in cols[2:]]]]
-    for name, g in (summary.get("groups") or {}).items():
-        rows.append([f"  {group_col}={name}", g["count"], g["missing"], *[g["scores"].get(c) for c in cols[2:]]])
-    sm = summary.get("smoothing")
-    if sm:
+    rows = [[f"{field} (all)", summary["count"], summary["missing"], *map(summary["scores"].get, COLUMNS)]]
+    groups = summary.get("groups") or {}
+    rows += [[f"  {group_col}={name}", g["count"], g["missing"], *map(g["scores"].get, COLUMNS)]
+             for name, g in groups.items()]
+    if sm := summary.get("smoothing"):
         rows.append([f"smoothing (alpha={sm['alpha']:g})", summary["count"] - summary["missing"], "-",
-                     *[sm.get(c) for c in cols[2:]]])
-    header = ["", *cols]
-    cells = [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    lines = ["  ".join(str(h).ljust(w) if i == 0 else str(h).rjust(w) for i, (h, w) in enumerate(zip(header, widths,
-                                                                                                   strict=True)))]
-    for r in cells:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
-                                                                                                   strict=True))))
+                     *map(sm.get, COLUMNS)])
+    cells = [["", "count", "missing", *COLUMNS]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in cells]
     if sm:
         lines.append(f"smoothing = min(beta * {field}, v_max) with beta = {sm['beta']:.6g}, v_max = {sm['v_max']:g}; "
                      f"{100 * sm['clipped_at_v_max']:.1f}% of samples clipped at v_max")
-        for name, g in (summary.get("groups") or {}).items():
-            if g.get("smoothing_mean") is not None:
-                lines.append(f"  mean smoothing for {group_col}={name}: {g['smoothing_mean']:.4g}")
+        lines += [f"  mean smoothing for {group_col}={name}: {g['smoothing_mean']:.4g}"
+                  for name, g in groups.items() if g.get("smoothing_mean") is not None]
     elif summary.get("smoothing_error"):
         lines.append(f"smoothing: cannot map at this alpha: {summary['smoothing_error']}")
     if summary.get("groups_omitted"):
@@ -140,39 +118,31 @@ def format_table(summary: dict[str, Any], field: str, group_col: str | None) -> 
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, Any], values: Sequence[Any], groups: Sequence[Any] | None, path: Path,
-         field: str, group_col: str | None) -> None:
+def plot(summary: dict[str, Any], path: Path, field: str) -> None:
+    """Histograms of the scores and of the smoothing, one colour per group."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    present, smooth = summary["_present"], summary["_smooth"]
+    present, smooth, keys = summary["_present"], summary["_smooth"], summary["_keys"]
+    names = list(summary.get("groups") or {})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    raw = [_as_float(v) for v in values]
-    keys = [str(g) for g in groups] if groups is not None else None
-    names = list(summary.get("groups") or {}) if keys is not None else []
-    bins = np.histogram_bin_edges(present, bins=30) if present.size else 30
-    if names:
+
+    def hist(ax: Any, values: np.ndarray, color: str) -> None:
+        bins = np.histogram_bin_edges(values, bins=30)
         for name in names:
-            vals = [v for v, k in zip(raw, keys, strict=True) if v is not None and k == name]
-            axes[0].hist(vals, bins=bins, alpha=0.5, label=f"{name} (n={len(vals)})")
+            ax.hist(values[keys == name], bins=bins, alpha=0.5, label=f"{name} (n={int((keys == name).sum())})")
+        if not names:
+            ax.hist(values, bins=bins, color=color)
+
+    hist(axes[0], present, "tab:blue")
+    axes[0].set(title=f"{field} (n={present.size}, missing {summary['missing']})", xlabel=field, ylabel="samples")
+    if names:
         axes[0].legend(fontsize=8)
-    else:
-        axes[0].hist(present, bins=bins, color="tab:blue")
-    axes[0].set_title(f"{field} (n={present.size}, missing {summary['missing']})")
-    axes[0].set_xlabel(field)
-    axes[0].set_ylabel("samples")
     if smooth is not None:
         sm = summary["smoothing"]
-        sbins = np.histogram_bin_edges(smooth, bins=30)
-        if names:
-            present_keys = [k for v, k in zip(raw, keys, strict=True) if v is not None]
-            for name in names:
-                sel = np.array([k == name for k in present_keys], dtype=bool)
-                axes[1].hist(smooth[sel], bins=sbins, alpha=0.5, label=name)
-        else:
-            axes[1].hist(smooth, bins=sbins, color="tab:orange")
+        hist(axes[1], smooth, "tab:orange")
         axes[1].axvline(sm["alpha"], color="k", linestyle="--", linewidth=1, label=f"mean = alpha = {sm['alpha']:g}")
         axes[1].legend(fontsize=8)
         axes[1].set_title(f"label smoothing (alpha={sm['alpha']:g}, beta={sm['beta']:.3g})")
@@ -189,28 +159,28 @@ def plot(summary: dict[str, Any], values: Sequence[Any], groups: Sequence[Any] |
 def run(args: argparse.Namespace) -> int:
     from ual_plugin.scoring.formats import InputError, load_data
 
+    def error(msg: str) -> int:
+        print(f"ual stats: error: {msg}", file=sys.stderr)
+        return 2
+
     try:
         data = load_data(args.file, split=args.split)
     except InputError as err:
-        print(f"ual stats: error: {err}", file=sys.stderr)
-        return 2
+        return error(str(err))
     if data.rows and args.field not in data.columns:
-        print(f"ual stats: error: {args.file} has no {args.field!r} column (columns: {data.columns}); "
-              "run `ual score` first or pass --field", file=sys.stderr)
-        return 2
-    values = [r.get(args.field) for r in data.rows]
+        return error(f"{args.file} has no {args.field!r} column (columns: {data.columns}); run `ual score` first "
+                     "or pass --field")
     group_col = args.by or next((c for c in GROUP_COLUMNS if c in data.columns), None)
     if group_col is not None and group_col not in data.columns:
-        print(f"ual stats: error: no column {group_col!r} to group by", file=sys.stderr)
-        return 2
+        return error(f"no column {group_col!r} to group by")
     groups = [r.get(group_col) for r in data.rows] if group_col else None
-    summary = summarize(values, groups, alpha=args.alpha, v_max=args.v_max)
+    summary = summarize([r.get(args.field) for r in data.rows], groups, alpha=args.alpha, v_max=args.v_max)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if not k.startswith("_")}, indent=2))
     else:
         print(format_table(summary, args.field, group_col))
     if not args.no_plot and summary["_present"].size:
         path = Path(args.plot) if args.plot else Path(str(args.file).rstrip("/") + ".stats.png")
-        plot(summary, values, groups, path, args.field, group_col)
+        plot(summary, path, args.field)
         print(f"plot: {path}", file=sys.stderr if args.json else sys.stdout)
     return 1 if "smoothing_error" in summary or summary["missing"] else 0
