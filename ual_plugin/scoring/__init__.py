@@ -1,10 +1,7 @@
-"""Adding the per-sample ``uncertainty`` column: an OpenAI-compatible judge or a local perplexity scorer.
+"""The per-sample ``uncertainty`` column: an OpenAI-compatible judge or a local perplexity scorer.
 
-    from ual_plugin.scoring import score_dataset
-    ds = score_dataset("train.jsonl", "train.scored.jsonl", model="gpt-4o", concurrency=32)
-
-CLI: ``ual score`` (see ``ual_plugin/scoring/README.md``) and ``ual stats``. Importing this package
-imports neither ``openai``, ``datasets`` nor ``torch``; they load when a scorer runs.
+``score_dataset("train.jsonl", "train.scored.jsonl", model="gpt-4o")``; CLI ``ual score`` / ``ual stats``.
+Importing this package imports neither ``openai``, ``datasets`` nor ``torch``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The resume cache: an append-only JSONL sidecar next to the output, never holding the API key.
 
 Every reply is written and flushed to the OS as it arrives (a killed process loses nothing) and
-fsync'd by a background thread (group commit); a torn last line is skipped on load. Lines::
+fsync'd at most every half second and at close; a torn last line is skipped on load. Lines::
 
     {"key": K, "i": 0, "ok": true,  "score": 42.0, "parsed": 42.0, "expected": null, ...}   a reply
     {"key": K, "i": 0, "ok": false, "error": "HTTP 500 after 6 retries"}                   a failure
@@ -12,7 +12,6 @@ fsync'd by a background thread (group commit); a torn last line is skipped on lo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 CACHE_FORMAT = 1
+FSYNC_EVERY = 0.5  # seconds: fsync is slow (ms), so a burst of replies shares one
 
 
 def make_key(*parts: Any) -> str:
@@ -47,10 +47,7 @@ class ScoreCache:
         self.failures: dict[str, dict[int, str]] = {}  # key -> reply slot -> why it failed
         self.batches: dict[str, dict] = {}  # batch id (or input file id while pending) -> latest record
         self.n_corrupt = 0
-        self._lock, self._dirty = threading.Lock(), threading.Event()
-        self._fh: Any = None
-        self._closing = False
-        self._syncer: threading.Thread | None = None
+        self._lock, self._fh, self._synced = threading.Lock(), None, 0.0
         if self.path is not None and self.path.exists():
             with open(self.path, encoding="utf-8") as f:
                 for line in filter(str.strip, f):
@@ -112,19 +109,9 @@ class ScoreCache:
                 self._fh.write("\n" if torn else "")  # after a torn line, start on a fresh one
             self._fh.write(line)
             self._fh.flush()  # in the kernel now: a killed process loses nothing
-        if self.fsync:  # on the disk soon: group-committed by a background thread
-            if self._syncer is None:
-                self._syncer = threading.Thread(target=self._sync_loop, name="ual-cache-fsync", daemon=True)
-                self._syncer.start()
-            self._dirty.set()
-
-    def _sync_loop(self) -> None:
-        while not self._closing:
-            self._dirty.wait()
-            self._dirty.clear()
-            with self._lock, contextlib.suppress(OSError):  # under the lock: close() waits for the fsync
-                if self._fh is not None:
-                    os.fsync(self._fh.fileno())
+            if self.fsync and time.monotonic() - self._synced > FSYNC_EVERY:  # one fsync per burst
+                os.fsync(self._fh.fileno())
+                self._synced = time.monotonic()
 
     def add_reply(self, key: str, i: int, **fields: Any) -> None:
         self.append({"key": key, "i": i, "ok": True, **fields})
@@ -133,10 +120,6 @@ class ScoreCache:
         self.append({"key": key, "i": i, "ok": False, "error": error, **fields})
 
     def close(self) -> None:
-        self._closing = True
-        self._dirty.set()
-        if self._syncer is not None:
-            self._syncer.join(timeout=30)
         with self._lock:
             if self._fh is not None:
                 self._fh.flush()

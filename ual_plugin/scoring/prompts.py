@@ -1,8 +1,6 @@
-"""The scoring prompt: the paper's 0-99 uncertainty rubric (in our own words), versioned.
+"""The scoring prompt: the paper's 0-99 uncertainty rubric (in our own words), versioned; or a text file.
 
-The version string enters every cache key, so editing the rubric re-scores everything while an
-unchanged prompt never pays twice. A custom prompt is a text file holding ``{sample}`` (where the
-sample goes, between the delimiters it chooses) and optionally ``{max_score}``.
+Its fingerprint enters every cache key: an edited prompt re-scores, an unchanged one never pays twice.
 """
 
 from __future__ import annotations
@@ -71,11 +69,8 @@ class ScoringPrompt:
         return text.replace("{sample}", safe)
 
     def messages(self, sample: str) -> list[dict[str, str]]:
-        out = []
-        if self.system:
-            out.append({"role": "system", "content": self.system})
-        out.append({"role": "user", "content": self.user_message(sample)})
-        return out
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return [*system, {"role": "user", "content": self.user_message(sample)}]
 
 
 def paper_prompt(max_score: int = DEFAULT_MAX_SCORE) -> ScoringPrompt:
@@ -99,16 +94,6 @@ def load_prompt(spec: str | None = "paper", max_score: int = DEFAULT_MAX_SCORE) 
 
 def response_format_schema(max_score: int = DEFAULT_MAX_SCORE) -> dict:
     """OpenAI structured-output request: exactly ``{"score": <integer>}``."""
-    return {
-        "type": "json_schema",
-        "json_schema": {
-            "name": "uncertainty_score",
-            "strict": True,
-            "schema": {
-                "type": "object",
-                "properties": {"score": {"type": "integer", "description": f"0 to {max_score}"}},
-                "required": ["score"],
-                "additionalProperties": False,
-            },
-        },
-    }
+    schema = {"type": "object", "properties": {"score": {"type": "integer", "description": f"0 to {max_score}"}},
+              "required": ["score"], "additionalProperties": False}
+    return {"type": "json_schema", "json_schema": {"name": "uncertainty_score", "strict": True, "schema": schema}}
