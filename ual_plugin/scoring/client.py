@@ -1,9 +1,9 @@
 """Scoring through an OpenAI-compatible chat endpoint with the official ``openai`` client.
 
-The client retries 429 / 5xx / timeouts and honours ``retry-after``; httpx hooks add what only this tool
-knows: errors no retry fixes, why each attempt was retried, a pause after a 429, fewer workers after
-timeouts. The response format adapts once per run, ``n`` carries ``--samples``, an unusable reply gets
-a follow-up turn, and everything printed or stored passes through :class:`Redactor`.
+The client retries 429 / 5xx / timeouts and honours ``retry-after``; httpx hooks add what only this
+tool knows: errors no retry fixes, why each attempt was retried, fewer workers after timeouts. The
+response format adapts once per run, ``n`` carries ``--samples``, an unusable reply gets a follow-up
+turn, and everything printed or stored passes through :class:`Redactor`.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class ApiScorer:
         self.token_param, self.n_honoured = "max_tokens", True
         self._attempts: dict[str, list] = {}  # call id -> [start time, status of the last attempt]
         self._ids = itertools.count()
-        self._pause_until = self._lowered_at = 0.0
+        self._lowered_at = 0.0
         self.limit = self.workers = opts.concurrency  # workers = requests in flight; they retire down to limit
 
     def request_body(self, messages: Sequence[dict[str, str]], n: int = 1) -> dict[str, Any]:
@@ -215,13 +215,6 @@ class ApiScorer:
         if ("response_format" in text and b"response_format" in response.request.content) \
                 or "insufficient_quota" in text:
             response.headers["x-should-retry"] = "false"
-        elif response.status_code == 429:
-            h = response.headers
-            try:
-                wait = float(h["retry-after-ms"]) / 1000 if "retry-after-ms" in h else float(h.get("retry-after", 1))
-            except ValueError:
-                wait = 1.0
-            self._pause_until = max(self._pause_until, time.monotonic() + min(wait, 120.0))
 
     def _lower(self, why: str) -> None:
         if self.limit == 1 or time.monotonic() - self._lowered_at < self.opts.timeout / 2:
@@ -234,8 +227,6 @@ class ApiScorer:
         """The completion, :data:`_RETRY` when the request must change, or the reason it failed (str)."""
         import openai
 
-        while (delay := self._pause_until - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
         call = str(next(self._ids))
         retries = f" after {self.opts.max_retries} retries"
         try:
