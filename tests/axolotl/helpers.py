@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from tests.ports import free_port
 from ual_plugin.axolotl.demo import parse_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -212,7 +213,7 @@ def run_cli(ws: Workspace, cfg: dict[str, Any], name: str, launcher: str = "axol
         cmd = [
             os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
             "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", "29517", "-m", "axolotl.cli.train", str(path),
+            "--main_process_port", str(free_port()), "-m", "axolotl.cli.train", str(path),
         ]
     else:
         raise ValueError(launcher)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -19,15 +18,10 @@ pytest.importorskip("axolotl")
 
 from tests.axolotl.helpers import cli_env  # noqa: E402
 from tests.axolotl.test_e2e import PLUGIN, _sgd_config  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 pytestmark = [pytest.mark.axolotl, pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_zero3_two_cpu_processes_train_with_ual(workspace):
@@ -46,7 +40,7 @@ def test_zero3_two_cpu_processes_train_with_ual(workspace):
     env = {**cli_env(ws.root), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [accelerate, "launch", "--use_deepspeed", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
          "-m", "axolotl.cli.train", str(path)],
         cwd=ws.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     tail = "\n".join(proc.stdout.splitlines()[-60:])

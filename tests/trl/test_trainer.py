@@ -308,7 +308,7 @@ def test_two_processes_match_one_big_batch(tiny_model_dir, tmp_path):
     subprocess.run([sys.executable, script, str(tiny_model_dir), str(one), "4", "1"], check=True, env=env,
                    capture_output=True)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29631", script, str(tiny_model_dir), str(two), "2", "1"],
+                           "--standalone", script, str(tiny_model_dir), str(two), "2", "1"],
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = torch.load(one), torch.load(two)
