@@ -11,8 +11,10 @@ test controls each row even when ``ual score`` runs in another process:
     [[score=42]]       the score the "model" gives (default: a stable hash of the id, 0..99)
     [[reply=json]]     json (default) | plain ("I would rate this 42.") | noscore | fenced | bare |
                        distractor ("The user asked 70 seconds in one hour.") | percent ("98.5% of the time ...")
-                       | chatty (prose, then "Score: 42"); a follow-up turn asking for only the score gets
-                       the bare number, unless [[reask=noscore]]
+                       | chatty (prose, then "Score: 42") | cut (JSON cut by the reply-token limit, as llama.cpp
+                       sent it) | big ('{"score": 1024.5}', as SmolLM2 answered "What is 2 to the power of 10?");
+                       a follow-up turn asking for only the score gets the bare number, unless
+                       [[reask=noscore]] ("I cannot say.") or [[reask=same]] (the first reply again)
     [[429=2]]          the first 2 requests for this row get 429 with a retry-after header
     [[500=1]]          the first request gets HTTP 500; [[500=always]] every request does
     [[400=always]]     a 400 the client cannot fix (e.g. context too long)
@@ -37,10 +39,12 @@ request as (method, path)), ``chat_bodies`` (the JSON of every chat request), ``
 (distinct Authorization headers seen, and Azure ``api-key`` headers as "api-key KEY"), ``max_inflight`` (most chat
 requests handled at once), ``max_waiting`` (most chat requests received at once, queued ones included).
 
-``FakeOpenAI.llama_cpp()`` behaves as llama-cpp-python 0.3.36's server did with SmolLM2-135M-Instruct:
-HTTP 500 with a pydantic ``literal_error`` body on ``response_format: json_schema``, ``json_object``
-accepted (reply ``{"score": N, "type":"json"}``), one request at a time, ``n`` ignored, numbers split
-into digit tokens in logprobs, and chatty replies without a score in plain text, repeated on a re-ask.
+``FakeOpenAI.llama_cpp()`` behaves as llama-cpp-python 0.3.36's server did with SmolLM2-135M-Instruct
+(Q4_1 GGUF), requests and replies captured through a logging proxy: HTTP 500 with a pydantic
+``literal_error`` body on ``response_format: json_schema``, ``json_object`` accepted (35 of 41 replies
+``{"score": N, "type":"json"}``, the rest ``{"score": N}``, ``"type":"SAMPLE"`` or cut at the token
+limit), one request at a time, ``n`` ignored (one choice), numbers split into digit tokens in logprobs
+with single digits as the alternatives, and chatty replies without a score in plain text.
 """
 
 from __future__ import annotations
@@ -313,8 +317,8 @@ class FakeOpenAI:
         reask = REASK_MARK in str(messages[-1].get("content", "")) if messages else False
         fmt = (req.get("response_format") or {}).get("type")
         if self.llama and "reply" not in d:  # what SmolLM2 answered through llama-cpp-python
-            return json.dumps({"score": score, "type": "json"}) if fmt == "json_object" else LLAMA_CPP_CHATTY
-        if reask:
+            return f'{{"score": {score}, "type":"json"}}' if fmt == "json_object" else LLAMA_CPP_CHATTY
+        if reask and d.get("reask") != "same":
             return "I cannot say." if d.get("reask") == "noscore" else str(score)
         return {
             "json": json.dumps({"score": score}),
@@ -325,6 +329,8 @@ class FakeOpenAI:
             "distractor": "The user asked 70 seconds in one hour.",
             "percent": "98.5% of the time, the response is correct",
             "chatty": f"The sample asks for 3 facts and 1 opinion, so 2 answers fit.\nScore: {score}",
+            "cut": f'{{\n  "score": {score},\n"type": "json",',
+            "big": '{"score": 1024.5}',
         }[d.get("reply", "json")]
 
     def _completion(self, req: dict, d: dict[str, str], name: str) -> dict:
@@ -336,7 +342,8 @@ class FakeOpenAI:
             score = (score + 2 * i) % 100 if "spread" in d else score  # [[spread=1]]: choice i scores +2 i
             content = self._content(req, d, score)
             choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": content},
-                                      "finish_reason": "stop", "logprobs": None}
+                                      "finish_reason": "length" if d.get("reply") == "cut" else "stop",
+                                      "logprobs": None}
             if req.get("logprobs") and self.logprobs_supported:
                 tokens = _digit_tokens(content) if self.digit_logprobs else \
                     _logprob_tokens(content, score, dist or {score: 1.0})

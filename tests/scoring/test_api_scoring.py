@@ -209,7 +209,8 @@ def test_llama_cpp_like_server_with_default_settings(tmp_path):
     from tests.scoring.server import FakeOpenAI
 
     extra = {0: "[[reply=distractor]]", 1: "[[reply=percent]]", 2: "[[reply=chatty]]",
-             3: "[[reply=distractor]] [[reask=noscore]]", 4: "[[reply=bare]]"}
+             3: "[[reply=distractor]] [[reask=noscore]]", 4: "[[reply=bare]]", 6: "[[reply=cut]]",
+             7: "[[reply=big]] [[reask=same]]"}
     rows = alpaca_rows(24, extra)
     with FakeOpenAI.llama_cpp(latency=0.02) as srv:
         res = _score(srv, write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "o.jsonl", max_retries=6)
@@ -217,11 +218,12 @@ def test_llama_cpp_like_server_with_default_settings(tmp_path):
     assert formats.count("json_schema") == 1 and srv.max_inflight == 1
     assert all(b["max_tokens"] == 16 for b in srv.chat_bodies)
     want = [float((7 * i) % 100) for i in range(24)]
-    want[3] = None  # its replies hold no score, before and after the re-ask
-    assert res.values == want and set(res.failed_rows) == {3}
+    want[3] = want[7] = None  # their replies hold no score (or one off the scale), before and after the re-ask
+    assert res.values == want and set(res.failed_rows) == {3, 7}
     assert "no score in reply 'I cannot say.'" in res.failed_rows[3]  # the re-ask's reply
+    assert "score 1024.5 is outside 0..99" in res.failed_rows[7]
     # row 0 went first: refused json_schema, then json_object, then a re-ask; others: a re-ask only if needed
-    assert srv.counts["r0"] == 3 and srv.counts["r1"] == 2 and srv.counts["r5"] == 1
+    assert srv.counts["r0"] == 3 and srv.counts["r1"] == 2 and srv.counts["r5"] == 1 and srv.counts["r6"] == 1
     text = "\n".join(res.summary_lines())
     assert "cost unknown (a custom endpoint" in text and "SmolLM2-135M-Instruct" in text
     # --logprobs with a digit-splitting tokenizer: the parsed score, and a note saying why
