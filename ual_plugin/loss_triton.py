@@ -144,8 +144,13 @@ def _ual_rows_kernel(
 
 
 def logits_buffer(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised [rows, vocab] logits buffer whose row stride is padded to ``ROW_ALIGN``."""
-    return torch.empty(rows, padded_stride(vocab), dtype=dtype, device=device)[:, :vocab]
+    """An uninitialised [rows, vocab] logits buffer whose row stride is padded to ``ROW_ALIGN``.
+
+    The padding is zeroed: CPU bf16 GEMMs (oneDNN) read past ``vocab`` in a strided operand, and
+    garbage there turned into NaN gradients; zeros leave every product exact."""
+    buffer = torch.empty(rows, padded_stride(vocab), dtype=dtype, device=device)
+    buffer[:, vocab:].zero_()
+    return buffer[:, :vocab]
 
 
 def on_device_of(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
