@@ -1,7 +1,7 @@
 """The UAL forward under real sharding engines, run by tests under torchrun (2 CPU processes, gloo).
 
 usage: sharded_loss.py OUT_JSON ENGINE [ENGINE ...]
-ENGINE: fsdp2 | fsdp2_head_unit | fsdp2_accelerate | fsdp2_bf16 | fsdp1_orig | fsdp1_flat | zero3
+ENGINE: fsdp2 | fsdp2_head_unit | fsdp2_tail_group | fsdp2_accelerate | fsdp2_bf16 | fsdp1_orig | fsdp1_flat | zero3
 
 For each engine and model variant (plain, tied, lora_gc, modules_to_save) and mode (column, ppl),
 every rank computes a one-process reference on the whole batch with materialised logits, then
@@ -111,6 +111,9 @@ def shard(engine: str, model: torch.nn.Module, rank: int):
                     fully_shard(module, reshard_after_forward=True, mp_policy=mp)
             if engine == "fsdp2_head_unit":
                 fully_shard(model.get_output_embeddings(), reshard_after_forward=True, mp_policy=mp)
+            if engine == "fsdp2_tail_group":  # final norm and head as one unit, as accelerate >= 1.16 groups them
+                norm = next(m for n, m in model.named_modules() if n.endswith("model.norm"))
+                fully_shard([norm, model.get_output_embeddings()], reshard_after_forward=False, mp_policy=mp)
             fully_shard(model, reshard_after_forward=True, mp_policy=mp)
 
         def grads():
@@ -202,7 +205,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     for engine in engines:
         for variant in VARIANTS:
-            if engine == "fsdp2_head_unit" and variant == "tied":
+            if engine in ("fsdp2_head_unit", "fsdp2_tail_group") and variant == "tied":
                 continue  # a tied head shares its weight with the embedding, so it cannot be its own FSDP2 unit
             if engine == "zero3" and variant == "modules_to_save":
                 continue  # DeepSpeed 0.18's ZeRO-3 hooks fail on PEFT's modules_to_save wrapper, with the model's own loss too

@@ -43,12 +43,12 @@ def cases(engine: str, variants=VARIANTS) -> list[str]:
 
 
 def test_fsdp1_and_fsdp2_match_one_process(tmp_path):
-    engines = ["fsdp2", "fsdp2_head_unit", "fsdp2_accelerate", "fsdp1_orig", "fsdp1_flat", "fsdp2_bf16"]
+    engines = ["fsdp2", "fsdp2_head_unit", "fsdp2_tail_group", "fsdp2_accelerate", "fsdp1_orig", "fsdp1_flat", "fsdp2_bf16"]
     results = launch(tmp_path, *engines)
     bf16 = results.pop("fsdp2_bf16/plain/column")
-    untied = [v for v in VARIANTS if v != "tied"]  # a tied head cannot be an FSDP2 unit of its own
+    untied = [v for v in VARIANTS if v != "tied"]  # a tied head cannot be in a unit without its embedding
     expected = [c for e in ("fsdp2", "fsdp2_accelerate", "fsdp1_orig", "fsdp1_flat") for c in cases(e)]
-    check_exact(results, expected + cases("fsdp2_head_unit", untied))
+    check_exact(results, expected + cases("fsdp2_head_unit", untied) + cases("fsdp2_tail_group", untied))
     # bf16 parameters: the smoothing still reaches the loss in fp32 (bf16 would be off by ~1e-3)
     assert "error" not in bf16, bf16.get("error")
     assert bf16["smoothing_sum"] < 1e-6 and bf16["loss"] < 1e-2

@@ -1,17 +1,18 @@
-"""The UAL loss inside a causal LM's forward, computed by a call of its LM-head module.
+"""The UAL loss inside a causal LM's forward, computed by the model's own call of its LM-head module.
 
 ``install_ual_forward(model)`` wraps the causal LM's ``forward`` once. While a ``UALRequest`` is
 active (``with ual_request(request): model(**batch)``), that forward runs the model with
-``logits_to_keep=1``, then calls the LM-head *module* with the final hidden states, and the head
-returns the summed UAL loss instead of logits (``linear_smoothed_cross_entropy``, never the
-``[tokens, vocab]`` logits). The loss comes back as ``outputs.loss`` (sum / ``num_items_in_batch``,
-plus the MoE router loss as the model adds it).
+``logits_to_keep=1``; when the model calls its LM-head module, the head computes the summed UAL
+loss from the final hidden states (``linear_smoothed_cross_entropy``, never the ``[tokens, vocab]``
+logits) and carries it out through the call's output. The loss comes back as ``outputs.loss``
+(sum / ``num_items_in_batch``, plus the MoE router loss as the model adds it).
 
-Why a module call: every engine gathers a sharded head there and hooks its backward on the
-call's output (FSDP1 units, FSDP2, DeepSpeed ZeRO-3), and PEFT's ``modules_to_save`` wrapper
-routes it to the trained copy; a loss computed after ``model()`` from ``lm_head.weight`` sees a
-shard. The per-token smoothing travels in the request, not as a forward argument, so mixed
-precision policies that cast float inputs never round it. Without a request the model is unchanged.
+Why inside the model's head call: every engine gathers a sharded head around that call and hooks
+its backward on the call's output (FSDP1 units, FSDP2 units and groups such as accelerate's
+``[norm, lm_head]``, DeepSpeed ZeRO-3), and PEFT's ``modules_to_save`` wrapper routes it to the
+trained copy; a loss computed after ``model()`` from ``lm_head.weight`` sees a shard. The per-token
+smoothing travels in the request, not as a forward argument, so mixed precision policies that cast
+float inputs never round it. Without a request the model is unchanged.
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def _backbone(lm: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextmanager
-def _capture_hidden(backbone: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    box: dict[str, torch.Tensor] = {}
+def _capture_hidden(backbone: torch.nn.Module, box: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
+    """Puts the backbone's final hidden states into ``box["hidden"]`` while the block runs."""
 
     def hook(_module, _args, output):
         hidden = getattr(output, "last_hidden_state", None)
@@ -122,13 +123,16 @@ def _add(stats: dict[str, torch.Tensor], **values: torch.Tensor) -> None:
 
 @dataclass
 class _HeadCall:
-    """What the head needs to turn hidden states into the summed UAL loss."""
+    """One UAL forward's state: the captured hidden states in, the summed loss and the head's output out."""
 
     request: UALRequest
     targets: torch.Tensor  # [B, T-1], already shifted
     position_ids: torch.Tensor | None
     softcap: float | None
     logit_scale: float
+    captured: dict[str, torch.Tensor] = field(default_factory=dict)  # "hidden", set by the backbone hook
+    total: torch.Tensor | None = None
+    output: torch.Tensor | None = None
 
     def token_smoothing(self, head: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         request = self.request
@@ -159,14 +163,36 @@ class _HeadCall:
         )
         return total
 
+    def carry(self, head: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
+        """The head call's output: the model's logits in value, the UAL loss in gradient (adds exactly 0)."""
+        if self.total is not None:
+            raise RuntimeError("UAL: the model called its LM head twice in one forward; this model is not supported")
+        if "hidden" not in self.captured:
+            raise RuntimeError("UAL could not capture the model's final hidden states (backbone forward not called)")
+        self.total = self.loss(head, self.captured["hidden"][:, :-1])
+        return logits.detach() + (self.total - self.total.detach())
+
+    def record_output(self, _module: torch.nn.Module, _args: Any, output: Any) -> None:
+        """Forward hook on the head, run after the engines' own hooks: the output the model received."""
+        self.output = output
+
+    def summed_loss(self) -> torch.Tensor:
+        """The summed loss, reached through the head call's output so the engines' backward hooks run first."""
+        if self.total is None or not isinstance(self.output, torch.Tensor):
+            raise RuntimeError("UAL: the model's forward did not call its LM head module")
+        anchor = self.output.reshape(-1)[0]
+        return self.total.detach() + (anchor - anchor.detach())
+
 
 def _head_forward(self: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head's forward: its usual projection, or the summed UAL loss during a UAL head call."""
+    """The LM head's forward: its usual projection, which also carries the UAL loss during a UAL forward."""
     request = _REQUEST.get()
     call = None if request is None else request._head
     if call is None:
         return self._ual_plain_forward(hidden)
-    return call.loss(self, hidden)
+    with torch.no_grad():
+        logits = self._ual_plain_forward(hidden)
+    return call.carry(self, logits)
 
 
 def _router_aux_loss(lm: torch.nn.Module, outputs: Any, loss: torch.Tensor) -> torch.Tensor:
@@ -192,16 +218,17 @@ def _normalise(total: torch.Tensor, num_items: Any, n_tokens: torch.Tensor) -> t
 def _chunked_forward(lm, request: UALRequest, args: tuple, kwargs: dict, labels, num_items) -> Any:
     if lm._ual_accepts_logits_to_keep:
         kwargs["logits_to_keep"] = 1  # the model's own projection then covers one position only
-    with _capture_hidden(_backbone(lm)) as box:
-        outputs = lm._ual_original_forward(*args, **kwargs)
-    if "hidden" not in box:
-        raise RuntimeError("UAL could not capture the model's final hidden states (backbone forward not called)")
     softcap, scale = lm._ual_logit_transform
-    request._head = _HeadCall(request, labels[:, 1:], kwargs.get("position_ids"), softcap, scale)
+    call = _HeadCall(request, labels[:, 1:], kwargs.get("position_ids"), softcap, scale)
+    request._head = call
+    recorder = lm.get_output_embeddings().register_forward_hook(call.record_output)
     try:
-        total = lm.get_output_embeddings()(box["hidden"][:, :-1])
+        with _capture_hidden(_backbone(lm), call.captured):
+            outputs = lm._ual_original_forward(*args, **kwargs)
     finally:
+        recorder.remove()
         request._head = None
+    total = call.summed_loss()
     outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]))
     return outputs
 
@@ -212,7 +239,7 @@ def _trl_fused_forward(lm, request: UALRequest, args: tuple, kwargs: dict, label
     With z = s * (h W^T + b) the correction is s * (h . (W[y] - mean_v W) + b[y] - mean(b)):
     O(tokens x hidden) on TRL's kernel. Reads the head weight directly, so only unsharded.
     """
-    with _capture_hidden(_backbone(lm)) as box:
+    with _capture_hidden(_backbone(lm), {}) as box:
         outputs = lm._ual_original_forward(*args, labels=labels, fused_lm_head=True, **kwargs)
     head = lm.get_output_embeddings()
     hidden = box["hidden"][:, :-1].to(head.weight.device)
