@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--response-format", choices=RESPONSE_FORMATS, default="auto",
                    help="structured output: auto (default) tries json_schema, then json_object, then plain text, "
                         "switching once for the whole run at the first refusal")
-    g.add_argument("--no-structured", dest="response_format", action="store_const", const="none", help="= none")
+    g.add_argument("--no-structured", dest="response_format", action="store_const", const="none",
+                   help="same as --response-format none")
     g.add_argument("--max-score", type=int, default=99, help="top of the prompt's scale (default 99)")
     g.add_argument("--max-sample-chars", type=int, default=24_000,
                    help="cut longer samples in the middle before sending (default 24000; 0 = never)")
@@ -76,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("scale, retries and cost")
     r.add_argument("--dry-run", action="store_true", help="estimate tokens, cost and time; send and write nothing")
     r.add_argument("--max-retries", type=int, default=6, help="the openai client's retries (default 6)")
-    r.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
+    r.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds (default 60)")
     r.add_argument("--price-in", type=float, default=None,
                    help="USD per 1M input tokens (overrides the table; a custom endpoint has no price otherwise)")
     r.add_argument("--price-out", type=float, default=None, help="USD per 1M output tokens")
