@@ -178,3 +178,34 @@ def test_modules_to_save_lm_head_trains_the_copy():
     head_copy = base.lm_head.modules_to_save["default"].weight
     assert any(p is head_copy for p in trainable)
     assert_same_grads(out.loss, ref, trainable)
+
+
+def test_fused_correction_needs_no_float32_copy_of_the_head():
+    """z_y - mean(z) from the head rows: exact against float64 logits, and no [V, H] float32 tensor made."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ual_plugin.causal_lm import smoothing_correction
+
+    class Float32Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.dtype == torch.float32:
+                self.shapes.add(tuple(out.shape))
+            return out
+
+    g = torch.Generator().manual_seed(3)
+    vocab, hidden_size = 257, 16
+    weight = torch.randn(vocab, hidden_size, generator=g).bfloat16()
+    bias = torch.randn(vocab, generator=g).bfloat16()
+    hidden = torch.randn(5, hidden_size, generator=g).bfloat16()
+    targets = torch.tensor([0, 3, 256, 17, 3])
+    with Float32Shapes() as seen:
+        got = smoothing_correction(hidden, weight, bias, targets)
+    assert (vocab, hidden_size) not in seen.shapes
+    z = hidden.double() @ weight.double().t() + bias.double()
+    want = z.gather(1, targets[:, None]).squeeze(1) - z.mean(1)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
