@@ -80,13 +80,14 @@ class BatchRunner:
                 self.cache.append(active[bid])
         covered = {k for rec in active.values() for k in rec.get("keys") or []}
         # 2. submit whatever is neither cached nor covered by a live batch
-        todo = [(f"{j.key}:{slot}", j) for j in jobs for slot in j.slots if f"{j.key}:{slot}" not in covered]
-        for chunk in self._chunks(todo):
-            lines = "".join(json.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT,
-                                        "body": self.scorer.request_body(j.messages)}, ensure_ascii=False) + "\n"
-                            for cid, j in chunk)
-            upload = await client.files.create(file=("ual-score-batch.jsonl", io.BytesIO(lines.encode())),
-                                               purpose="batch")
+        todo: list[tuple[str, bytes]] = []  # (custom_id, its JSONL line)
+        for j in jobs:
+            line = {"method": "POST", "url": ENDPOINT, "body": self.scorer.request_body(j.messages)}
+            todo += [(cid, (json.dumps({"custom_id": cid, **line}, ensure_ascii=False) + "\n").encode())
+                     for cid in (f"{j.key}:{slot}" for slot in j.slots) if cid not in covered]
+        for chunk in _chunks(todo):
+            data = io.BytesIO(b"".join(line for _, line in chunk))
+            upload = await client.files.create(file=("ual-score-batch.jsonl", data), purpose="batch")
             keys = [cid for cid, _ in chunk]
             self.cache.append({"batch": None, "input_file_id": upload.id, "state": "uploaded", "keys": keys})
             rec = await self._create(client, upload.id, keys)
@@ -110,19 +111,6 @@ class BatchRunner:
                     self.cache.append({"batch": bid, "state": "collected", "status": batch.status})
             if active:
                 await asyncio.sleep(self.opts.poll_interval)
-
-    def _chunks(self, todo: Sequence[tuple[str, Job]]) -> Iterator[list[tuple[str, Job]]]:
-        chunk: list[tuple[str, Job]] = []
-        size = 0
-        for item in todo:
-            line_size = len(json.dumps(self.scorer.request_body(item[1].messages), ensure_ascii=False)) + 200
-            if chunk and (len(chunk) >= MAX_LINES_PER_BATCH or size + line_size > MAX_BYTES_PER_BATCH):
-                yield chunk
-                chunk, size = [], 0
-            chunk.append(item)
-            size += line_size
-        if chunk:
-            yield chunk
 
     async def _find_batch_for_file(self, client: Any, file_id: str) -> str | None:
         try:
@@ -167,3 +155,17 @@ class BatchRunner:
             for cid in set(rec.get("keys") or []) - seen:
                 key, _, idx = cid.rpartition(":")
                 scorer._fail(key, int(idx) if idx.isdigit() else 0, f"batch {batch.id} ended {batch.status}{detail}")
+
+
+def _chunks(lines: Sequence[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
+    """Input files within the API's limits on lines and bytes."""
+    chunk: list[tuple[str, bytes]] = []
+    size = 0
+    for item in lines:
+        if chunk and (len(chunk) >= MAX_LINES_PER_BATCH or size + len(item[1]) > MAX_BYTES_PER_BATCH):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item[1])
+    if chunk:
+        yield chunk
