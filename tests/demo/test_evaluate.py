@@ -50,9 +50,22 @@ def test_greedy_replies_batched_equal_one_at_a_time(model_and_tokenizer):
     assert tok.padding_side == "right"  # restored
 
 
-def test_evaluate_counts_exact_matches_per_category(model_and_tokenizer, monkeypatch):
+def test_groups_split_one_right_answer_rows_by_training_prompt():
+    seen = {"What is 2 + 3?"}
+    assert ev.group_of({"entropy": "low", "prompt": "What is 2 + 3?"}, seen) == "seen"
+    assert ev.group_of({"entropy": "low", "prompt": "What is 4 + 4?"}, seen) == "new"
+    assert ev.group_of({"entropy": "high", "prompt": "What is 2 + 3?"}, seen) == "open"
+    assert {m[1] for m in ev.METRICS} == {label for _, label in ev.GROUPS}
+
+
+def grouped(rows: list[dict]) -> list[dict]:
+    training_prompts = {r["prompt"] for r in rows[::2]}
+    return [{**r, "group": ev.group_of(r, training_prompts)} for r in rows]
+
+
+def test_evaluate_counts_exact_matches_per_group(model_and_tokenizer, monkeypatch):
     model, tok = model_and_tokenizer
-    rows = generate(40, seed=11)
+    rows = grouped(generate(60, seed=11))
     low = [r for r in rows if r["entropy"] == "low"]
     # a model that answers the first half of the one-right-answer prompts right, the rest wrong
     right = {r["prompt"] for r in low[: len(low) // 2]}
@@ -60,15 +73,17 @@ def test_evaluate_counts_exact_matches_per_category(model_and_tokenizer, monkeyp
         next(r["completion"] for r in low if r["prompt"] == p[0]["content"]) if p[0]["content"] in right else "wrong"
         for p in prompts])
     metrics = ev.evaluate(model, tok, rows, messages)
-    assert set(metrics) == {m[0] for m in ev.METRICS}
-    expected = sum(r["prompt"] in right for r in low) / len(low)  # a prompt can repeat
-    assert 0 < expected < 1
-    assert metrics["exact_match_low"] == pytest.approx(expected)
-    assert metrics["nll_low"] > 0 and metrics["nll_high"] > 0
+    assert list(metrics) == [m[0] for m in ev.METRICS]
+    for group in ("seen", "new"):
+        members = [r for r in rows if r["group"] == group]
+        assert members
+        assert metrics[f"exact_match_{group}"] == pytest.approx(sum(r["prompt"] in right for r in members) / len(members))
+    assert 0 < metrics["exact_match_seen"] < 1
+    assert all(metrics[f"nll_{g}"] > 0 for g in ("seen", "new", "open"))
 
 
-def test_evaluate_needs_both_categories(model_and_tokenizer):
+def test_evaluate_needs_every_group(model_and_tokenizer):
     model, tok = model_and_tokenizer
-    only_low = [r for r in generate(20, seed=1) if r["entropy"] == "low"]
-    with pytest.raises(ValueError, match="both kinds"):
-        ev.evaluate(model, tok, only_low, messages)
+    rows = [{**r, "group": "seen" if r["entropy"] == "low" else "open"} for r in generate(20, seed=1)]
+    with pytest.raises(ValueError, match=r"none in \['new'\]"):
+        ev.evaluate(model, tok, rows, messages)

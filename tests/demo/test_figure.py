@@ -6,6 +6,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from ual_plugin.demo.evaluate import METRICS  # noqa: E402
 from ual_plugin.demo.figure import plot_results  # noqa: E402
 from ual_plugin.demo.report import headline  # noqa: E402
 
@@ -14,8 +15,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def fake(seeds: int) -> tuple[dict, dict]:
-    results = {arm: {s: {"nll_low": 1.0 + 0.1 * i + 0.01 * s, "exact_match_low": 0.5 - 0.05 * i,
-                         "nll_high": 2.0 + 0.01 * s} for s in range(seeds)} for i, arm in enumerate(LABELS)}
+    results = {arm: {s: {key: (0.5 - 0.05 * i if higher else 1.0 + 0.1 * i + 0.01 * s) for key, _, _, higher in METRICS}
+                     for s in range(seeds)} for i, arm in enumerate(LABELS)}
     curves = {arm: {s: [(5, 6.0), (10, 3.0 + i), (15, 2.0 + i)] for s in range(seeds)} for i, arm in enumerate(LABELS)}
     return results, curves
 

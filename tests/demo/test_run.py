@@ -80,6 +80,25 @@ def test_the_same_seed_trains_the_same_model(demo, tmp_path):
                                                                              rel=1e-5)
 
 
+@pytest.mark.parametrize("n_train, n_eval", [(48, 16), (320, 402)])
+def test_held_out_rows_fill_every_group_and_never_copy_an_open_ended_training_row(n_train, n_eval):
+    from ual_plugin.demo.run import build_data
+
+    train, held_out = build_data(DemoSettings(n_train=n_train, n_eval=n_eval))
+    assert len(train) == n_train and len(held_out) == n_eval
+    sizes = {g: sum(r["group"] == g for r in held_out) for g in ("seen", "new", "open")}
+    assert sizes == {"seen": n_eval // 4, "new": n_eval // 4, "open": n_eval - 2 * (n_eval // 4)}
+    prompts = {r["prompt"] for r in train}
+    rows = {(r["prompt"], r["completion"]) for r in train}
+    for r in held_out:
+        assert (r["entropy"] == "high") == (r["group"] == "open")
+        if r["group"] != "open":
+            assert (r["prompt"] in prompts) == (r["group"] == "seen")
+        else:
+            assert (r["prompt"], r["completion"]) not in rows
+    assert build_data(DemoSettings(n_train=n_train, n_eval=n_eval)) == (train, held_out)  # deterministic
+
+
 def test_cli_refuses_zero_seeds():
     from ual_plugin.cli import main
 

@@ -1,7 +1,11 @@
-"""Held-out metrics of one trained demo model, per category of row.
+"""Held-out metrics of one trained demo model, per group of rows.
+
+Groups: one-right-answer rows whose prompt also occurs in the training rows (the task space is
+small: did the arm learn the exact answers?), one-right-answer rows with a prompt no training row
+has (does it carry over?), and open-ended rows (their prompts recur, their replies are new).
 
 - NLL: mean negative log-likelihood per reference token, on exactly the tokens training scores
-  (the assistant reply and its end marker), averaged over the rows of a category;
+  (the assistant reply and its end marker), averaged over the rows of a group;
 - exact match (one-right-answer rows only): the greedy reply equals the reference answer.
 """
 
@@ -9,12 +13,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-# (metric key, category, what it means, higher is better?)
-METRICS: tuple[tuple[str, str, str, bool], ...] = (
-    ("nll_low", "one-right-answer rows", "eval NLL per token (lower is better)", False),
-    ("exact_match_low", "one-right-answer rows", "exact match of the greedy answer (higher is better)", True),
-    ("nll_high", "open-ended rows", "eval NLL per token (lower is better)", False),
+# (group key, what the group is); a held-out row's ``group`` field holds the key
+GROUPS: tuple[tuple[str, str], ...] = (
+    ("seen", "one-right-answer rows, prompt seen in training"),
+    ("new", "one-right-answer rows, new prompt"),
+    ("open", "open-ended rows"),
 )
+_NLL = "NLL per token (lower is better)"
+_EM = "exact match (higher is better)"
+
+# (metric key, group, what it means, higher is better?)
+METRICS: tuple[tuple[str, str, str, bool], ...] = (
+    ("nll_seen", GROUPS[0][1], _NLL, False),
+    ("exact_match_seen", GROUPS[0][1], _EM, True),
+    ("nll_new", GROUPS[1][1], _NLL, False),
+    ("exact_match_new", GROUPS[1][1], _EM, True),
+    ("nll_open", GROUPS[2][1], _NLL, False),
+)
+
+
+def group_of(row: dict, training_prompts: set[str]) -> str:
+    """The ``GROUPS`` key of a held-out ``row`` (``entropy`` "low" / "high") given the training prompts."""
+    if row["entropy"] == "high":
+        return "open"
+    return "seen" if row["prompt"] in training_prompts else "new"
 
 
 def reply_nll(model, tokenizer, conversations: Sequence[list[dict]], batch_size: int = 32) -> list[float]:
@@ -73,17 +95,17 @@ def greedy_replies(model, tokenizer, prompts: Sequence[list[dict]], max_new_toke
 
 
 def evaluate(model, tokenizer, rows: Sequence[dict], messages: Callable[[dict], list[dict]]) -> dict[str, float]:
-    """``{metric key: value}`` for ``METRICS`` on held-out ``rows`` (each with ``entropy`` "low" / "high")."""
-    low = [r for r in rows if r["entropy"] == "low"]
-    high = [r for r in rows if r["entropy"] == "high"]
-    if not low or not high:
-        raise ValueError(f"evaluation needs both kinds of rows; got {len(low)} one-right-answer, {len(high)} open-ended")
-    nll_low = reply_nll(model, tokenizer, [messages(r) for r in low])
-    nll_high = reply_nll(model, tokenizer, [messages(r) for r in high])
-    replies = greedy_replies(model, tokenizer, [messages(r)[:1] for r in low])
-    correct = sum(reply.strip() == r["completion"].strip() for reply, r in zip(replies, low, strict=True))
-    return {
-        "nll_low": sum(nll_low) / len(nll_low),
-        "exact_match_low": correct / len(low),
-        "nll_high": sum(nll_high) / len(nll_high),
-    }
+    """``{metric key: value}`` for ``METRICS`` on held-out ``rows``, each with a ``group`` from ``GROUPS``."""
+    by_group = {key: [r for r in rows if r["group"] == key] for key, _ in GROUPS}
+    empty = [key for key, members in by_group.items() if not members]
+    if empty:
+        raise ValueError(f"evaluation needs rows in every group; none in {empty}")
+    out: dict[str, float] = {}
+    for key, members in by_group.items():
+        nll = reply_nll(model, tokenizer, [messages(r) for r in members])
+        out[f"nll_{key}"] = sum(nll) / len(nll)
+        if key != "open":
+            replies = greedy_replies(model, tokenizer, [messages(r)[:1] for r in members])
+            correct = sum(reply.strip() == r["completion"].strip() for reply, r in zip(replies, members, strict=True))
+            out[f"exact_match_{key}"] = correct / len(members)
+    return {key: out[key] for key, *_ in METRICS}

@@ -89,7 +89,7 @@ def compare(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
 
 def _metric_name(key: str) -> str:
     _, category, meaning, _ = next(m for m in METRICS if m[0] == key)
-    return f"{meaning.split(' (')[0]}, {category}"
+    return f"{meaning.split(' (')[0]} ({category})"
 
 
 def _judge(c: Mapping[str, Any]) -> str:
@@ -177,7 +177,6 @@ def headline(results: Results, labels: Mapping[str, str]) -> str:
     groups: dict[str, list[str]] = {}
     for key, per_pair in comparisons.items():
         outcome = per_pair["ual_vs_uniform"]["outcome"]
-        _, category, meaning, _ = next(m for m in METRICS if m[0] == key)
-        groups.setdefault(outcome, []).append(f"{meaning.split(' (')[0].replace('eval ', '')} ({category})")
+        groups.setdefault(outcome, []).append(_metric_name(key))
     parts = [f"{outcome} on {', '.join(names)}" for outcome, names in groups.items()]
     return f"{labels['ual']} vs {labels['uniform']}, paired over {seeds} seeds: " + "; ".join(parts)

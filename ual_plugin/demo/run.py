@@ -27,7 +27,7 @@ class DemoSettings:
     out_dir: Path = Path("ual_demo_output")
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     n_train: int = 320
-    n_eval: int = 320
+    n_eval: int = 400
     epochs: int = 12
     alpha: float = 0.1
     batch_size: int = 16
@@ -87,8 +87,28 @@ def as_messages(row: dict) -> list[dict]:
 
 
 def build_data(s: DemoSettings) -> tuple[list[dict], list[dict]]:
-    """Training and held-out rows (fixed across seeds: seeds vary the model's init and batch order)."""
-    return generate(s.n_train, seed=0), generate(s.n_eval, seed=1000)
+    """Training rows, and held-out rows in the three groups of ``evaluate.GROUPS``: half open-ended (new
+    replies: none equals a training row), a quarter one-right-answer rows whose prompt a training row also
+    has, a quarter with a prompt none has. Fixed across seeds: seeds vary the model's init and batch order."""
+    from ual_plugin.demo.evaluate import group_of
+
+    train = generate(s.n_train, seed=0)
+    prompts = {r["prompt"] for r in train}
+    known = {(r["prompt"], r["completion"]) for r in train}
+    quota = {"seen": s.n_eval // 4, "new": s.n_eval // 4}
+    quota["open"] = s.n_eval - quota["seen"] - quota["new"]
+    held_out: dict[str, list[dict]] = {key: [] for key in quota}
+    for seed in range(1000, 1100):
+        for row in generate(max(s.n_eval, 64), seed=seed):
+            group = group_of(row, prompts)
+            if (row["prompt"], row["completion"]) in known and group == "open":
+                continue
+            if len(held_out[group]) < quota[group]:
+                held_out[group].append({**row, "group": group})
+        if all(len(held_out[k]) == quota[k] for k in quota):
+            return train, [row for key in quota for row in held_out[key]]
+    raise ValueError(f"could not draw {quota['new']} one-right-answer rows with a prompt outside the {s.n_train} "
+                     "training rows (they cover almost every such prompt); use fewer training rows")
 
 
 def add_category_uncertainty(rows: list[dict], seed: int = 0) -> None:
@@ -127,7 +147,7 @@ def _smoothing_by_category(rows: list[dict], alpha: float) -> dict[str, float]:
 def run_demo(s: DemoSettings) -> dict:
     quiet_environment()
     single_thread()
-    from ual_plugin.demo.evaluate import METRICS, evaluate
+    from ual_plugin.demo.evaluate import GROUPS, METRICS, evaluate
     from ual_plugin.demo.figure import plot_results
     from ual_plugin.demo.report import compare, format_table, headline, summarise, verdict
     from ual_plugin.demo.tiny import build_tiny_llama
@@ -166,12 +186,14 @@ def run_demo(s: DemoSettings) -> dict:
             logged[arm.key][seed] = r.mean_logged_smoothing
             m = results[arm.key][seed]
             trend = f"train loss {r.losses[0][1]:.2f} -> {r.losses[-1][1]:.2f}; " if r.losses else ""
-            print(f"      {arm.label:<10} seed {seed}: {trend}"
-                  f"held-out NLL {m['nll_low']:.3f} / {m['nll_high']:.3f} (one-right-answer / open-ended), "
-                  f"exact match {m['exact_match_low']:.3f}", flush=True)
+            print(f"      {arm.label:<10} seed {seed}: {trend}held-out NLL {m['nll_seen']:.3f} / {m['nll_new']:.3f} / "
+                  f"{m['nll_open']:.3f}, exact match {m['exact_match_seen']:.3f} / {m['exact_match_new']:.3f}",
+                  flush=True)
 
     print(f"[2/6] training: 3 arms x {len(s.seeds)} seeds, {s.epochs} epochs = {steps} steps each, batch "
           f"{s.batch_size}, same data and seeds for every arm")
+    print("      (held-out NLL: one-right-answer rows with a training prompt / with a new prompt / open-ended rows; "
+          "exact match: the two one-right-answer groups)")
     sft, uniform, ual = ARMS
     run_arm(sft, train)
     if s.scorer == "ppl":
@@ -205,9 +227,10 @@ def run_demo(s: DemoSettings) -> dict:
           "label tokens; per row, both smoothed arms average alpha.")
 
     summary_stats = summarise(results)
-    n_low = sum(r["entropy"] == "low" for r in evaluation)
-    print(f"[4/6] held-out results: {n_low} one-right-answer rows and {len(evaluation) - n_low} open-ended rows "
-          "no arm trained on")
+    sizes = {key: sum(r["group"] == key for r in evaluation) for key, _ in GROUPS}
+    print(f"[4/6] held-out results: {sizes['seen']} one-right-answer rows whose prompt is also in training (the "
+          f"task space is small: did the arm learn the exact answers?), {sizes['new']} with a prompt no training row "
+          f"has, {sizes['open']} open-ended rows (prompts recur, replies are new)")
     print("      NLL: mean negative log-likelihood per token of the reference reply (lower = the model puts more "
           "probability on it).")
     print("      Exact match: share of one-right-answer prompts whose greedy reply is exactly the right answer "
