@@ -8,7 +8,7 @@ import sys
 
 # subcommand -> (module exposing `add_arguments(parser)` and `run(args) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("ual_plugin.demo.cli", "train plain SFT and UAL on the bundled demo and compare them"),
+    "demo": ("ual_plugin.demo.cli", "train SFT, uniform label smoothing and UAL on the bundled demo (several seeds) and compare them"),
     "score": ("ual_plugin.scoring.cli", "add an `uncertainty` column to a dataset (OpenAI-compatible API or local PPL)"),
     "stats": ("ual_plugin.scoring.stats", "summarise the `uncertainty` column and the smoothing it maps to"),
     "analyze": ("ual_plugin.analysis.cli", "token-feature clustering (silhouette) of one or more models"),
