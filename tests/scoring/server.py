@@ -41,7 +41,7 @@ requests handled at once), ``max_waiting`` (most chat requests received at once,
 
 ``FakeOpenAI.llama_cpp()`` behaves as llama-cpp-python 0.3.36's server did with SmolLM2-135M-Instruct
 (Q4_1 GGUF), requests and replies captured through a logging proxy: HTTP 500 with a pydantic
-``literal_error`` body on ``response_format: json_schema``, ``json_object`` accepted (35 of 41 replies
+``literal_error`` body on ``response_format: json_schema``, ``json_object`` accepted (34 of 41 replies
 ``{"score": N, "type":"json"}``, the rest ``{"score": N}``, ``"type":"SAMPLE"`` or cut at the token
 limit), one request at a time, ``n`` ignored (one choice), numbers split into digit tokens in logprobs
 with single digits as the alternatives, and chatty replies without a score in plain text.
