@@ -37,7 +37,8 @@ at a time, as llama.cpp's server), ``digit_logprobs`` (logprob tokens of single 
 Counters: ``counts[id]`` chat requests per row (batch lines included), ``arrivals[id]`` when they came, ``requests`` (every HTTP
 request as (method, path)), ``chat_bodies`` (the JSON of every chat request), ``auth_headers``
 (distinct Authorization headers seen, and Azure ``api-key`` headers as "api-key KEY"), ``max_inflight`` (most chat
-requests handled at once), ``max_waiting`` (most chat requests received at once, queued ones included).
+requests handled at once), ``max_waiting`` (most chat requests received at once, queued ones included),
+``depths`` (how many chat requests were at the server, this one included, as each arrived).
 
 ``FakeOpenAI.llama_cpp()`` behaves as llama-cpp-python 0.3.36's server did with SmolLM2-135M-Instruct
 (Q4_1 GGUF), requests and replies captured through a logging proxy: HTTP 500 with a pydantic
@@ -208,6 +209,7 @@ class FakeOpenAI:
         self.waiting = 0
         self.arrivals: dict[str, list[float]] = {}
         self.max_waiting = 0
+        self.depths: list[int] = []
         self._serial_lock = threading.Lock()
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
@@ -275,6 +277,7 @@ class FakeOpenAI:
             self.chat_bodies.append(req)
             self.waiting += 1
             self.max_waiting = max(self.max_waiting, self.waiting)
+            self.depths.append(self.waiting)
         try:
             with self._serial_lock if self.serial else contextlib.nullcontext():
                 with self.lock:

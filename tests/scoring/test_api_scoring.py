@@ -53,6 +53,19 @@ def test_timeout_is_retried(server):
     assert any("timeouts at concurrency 2: lowered to 1" in n for n in res.stats.notes)
 
 
+def test_slow_replies_from_a_one_at_a_time_server_lower_the_concurrency():
+    """Queued behind each other, replies take longer than half the timeout: fewer requests are sent at once."""
+    from tests.scoring.server import FakeOpenAI
+
+    with FakeOpenAI(latency=0.15) as srv:
+        srv.serial = True
+        res = _score(srv, alpaca_rows(40), timeout=2.0, concurrency=8)
+        depths = srv.depths
+    assert res.exit_code == 0 and res.values == [float((7 * i) % 100) for i in range(40)]
+    assert any("replies slower than half the timeout at concurrency 8: lowered to 4" in n for n in res.stats.notes)
+    assert max(depths) >= 6 and max(depths[-10:]) <= 4  # 8 queued at first, at most 4 at the end
+
+
 def test_no_quota_stops_the_run_without_output(server, tmp_path):
     rows = alpaca_rows(30, {5: "[[quota=1]]"})
     out = tmp_path / "o.jsonl"
