@@ -1,18 +1,29 @@
 """Uncertainty-Aware Learning (UAL): supervised fine-tuning with per-sample label smoothing.
 
-The core (`smoothing_from_uncertainty`, the losses) is pure numpy / torch. The TRL and Axolotl
-adapters, the scorer and the analysis tools are imported lazily so that ``import ual_plugin``
-never pulls in trl, axolotl or openai.
+Every public name is imported on first use, so ``import ual_plugin`` (and ``ual_plugin.scoring``)
+pulls in neither torch nor trl, axolotl or openai until something needs them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ual_plugin.loss import linear_smoothed_cross_entropy, smoothed_cross_entropy
-from ual_plugin.mapping import SmoothingMap, fit_smoothing_map, smoothing_from_uncertainty
+if TYPE_CHECKING:
+    from ual_plugin.loss import linear_smoothed_cross_entropy, smoothed_cross_entropy
+    from ual_plugin.mapping import SmoothingMap, fit_smoothing_map, smoothing_from_uncertainty
+    from ual_plugin.ppl import ual_loss
 
 __version__ = "0.1.0"
+
+_HOMES = {
+    "SmoothingMap": "ual_plugin.mapping",
+    "fit_smoothing_map": "ual_plugin.mapping",
+    "smoothing_from_uncertainty": "ual_plugin.mapping",
+    "linear_smoothed_cross_entropy": "ual_plugin.loss",
+    "smoothed_cross_entropy": "ual_plugin.loss",
+    "ual_loss": "ual_plugin.ppl",
+}
 
 __all__ = [
     "SmoothingMap",
@@ -26,9 +37,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # `ual_loss` lives with the PPL-mode machinery; importing it lazily keeps the top level light.
-    if name == "ual_loss":
-        from ual_plugin.ppl import ual_loss
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'ual_plugin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return ual_loss
-    raise AttributeError(f"module 'ual_plugin' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
