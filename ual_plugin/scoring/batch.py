@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ual_plugin.scoring.client import ApiScorer, Job, err_text, make_client, run_sync
+from ual_plugin.scoring.client import ApiScorer, Job, err_text, make_client
 from ual_plugin.scoring.parse import get, read_choice
 
 MAX_LINES_PER_BATCH = 50_000
@@ -27,14 +26,9 @@ ENDPOINT = "/v1/chat/completions"
 class BatchRunner:
     """Submits missing jobs as batches, polls pending ones and collects their results into the cache."""
 
-    def __init__(self, scorer: ApiScorer, log: Any = None) -> None:
-        self.scorer, self.cache, self.opts = scorer, scorer.cache, scorer.opts
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.submitted: list[str] = []
-        self.pending: list[str] = []
-
-    def run(self, jobs: Sequence[Job]) -> None:
-        run_sync(self.arun(jobs))
+    def __init__(self, scorer: ApiScorer, log: Callable[[str], None]) -> None:
+        self.scorer, self.cache, self.opts, self.log = scorer, scorer.cache, scorer.opts, log
+        self.pending: list[str] = []  # batch ids still running after a --no-wait run
 
     async def arun(self, jobs: Sequence[Job]) -> None:
         import openai
@@ -54,7 +48,6 @@ class BatchRunner:
     async def _create(self, client: Any, file_id: str, keys: list[str] | None) -> dict:
         batch = await client.batches.create(input_file_id=file_id, endpoint=ENDPOINT, completion_window="24h",
                                             metadata={"tool": "ual score"})
-        self.submitted.append(batch.id)
         rec = {"batch": batch.id, "input_file_id": file_id, "state": "submitted", "keys": keys}
         self.cache.append(rec)
         return rec
@@ -144,11 +137,7 @@ class BatchRunner:
                     continue
                 stats.add_usage(body.get("usage"))
                 reply = read_choice((body.get("choices") or [{}])[0], self.opts.max_score, self.opts.logprobs)
-                if reply.score is None:
-                    stats.unparsed += 1
-                    scorer._fail(key, int(idx), reply.error or "no score")
-                else:
-                    scorer._record(key, int(idx), reply, batch_id=batch.id)
+                scorer.conclude(key, int(idx), reply, batch_id=batch.id)
         if get(batch, "status") != "completed":
             data = get(get(batch, "errors"), "data")
             detail = ": " + "; ".join(str(get(e, "message")) for e in data[:3]) if data else ""

@@ -1,13 +1,9 @@
 """The resume cache: an append-only JSONL sidecar next to the output, never holding the API key.
 
-Every reply is written and flushed to the OS as it arrives (a killed process loses nothing) and
-fsync'd at most every half second and at close; a torn last line is skipped on load. Lines::
-
-    {"key": K, "i": 0, "ok": true,  "score": 42.0, "parsed": 42.0, "expected": null, ...}   a reply
-    {"key": K, "i": 0, "ok": false, "error": "HTTP 500 after 6 retries"}                   a failure
-    {"batch": "batch_abc", "state": "submitted", "keys": [...], "input_file_id": "file-1"} Batch API
-
-``K`` hashes everything that decides the score; ``i`` is the reply slot of ``--samples K``.
+Each line is flushed as written (a kill loses nothing) and fsync'd at most every 0.5 s and at close; a torn
+last line is skipped on load. A line is a reply ``{"key", "i", "ok": true, "score", "parsed", ...}``, a
+failure ``{"key", "i", "ok": false, "error"}`` or a Batch API record ``{"batch", "state", "keys",
+"input_file_id"}``. ``key`` hashes everything that decides the score; ``i`` is the ``--samples`` slot.
 """
 
 from __future__ import annotations

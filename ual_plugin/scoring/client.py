@@ -280,11 +280,7 @@ class ApiScorer:
                         break
                     self.stats.unparsed += 1
                     reply = await self._reask(client, job, reply)
-                if reply.score is None:
-                    self.stats.unparsed += 1
-                    self._fail(job.key, slot, reply.error or "no score")
-                else:
-                    self._record(job.key, slot, reply)
+                self.conclude(job.key, slot, reply)
 
     async def _reask(self, client: Any, job: Job, reply: Reply) -> Reply:
         """A follow-up turn asking for only the score: a changed request, so even greedy decoding can answer."""
@@ -296,7 +292,11 @@ class ApiScorer:
         choices = get(completion, "choices") or []
         return read_choice(choices[0], self.opts.max_score, self.opts.logprobs) if choices else reply
 
-    def _record(self, key: str, slot: int, reply: Reply, **extra: Any) -> None:
+    def conclude(self, key: str, slot: int, reply: Reply, **extra: Any) -> None:
+        """Into the cache: the reply's score, or why it holds none."""
+        if reply.score is None:
+            self.stats.unparsed += 1
+            return self._fail(key, slot, reply.error or "no score")
         self.stats.replies += 1
         if reply.logprob_note:
             self.stats.logprob_notes[reply.logprob_note] += 1
@@ -307,10 +307,6 @@ class ApiScorer:
     def _fail(self, key: str, slot: int, reason: str) -> None:
         self.stats.failures[key] = reason = self.redactor.redact(reason)
         self.cache.add_failure(key, slot, reason, scorer=self.scorer_name)
-
-    def run(self, jobs: Sequence[Job]) -> RunStats:
-        """Blocking entry point (its own event loop; in a thread if one is already running)."""
-        return run_sync(self.arun(jobs))
 
     async def arun(self, jobs: Sequence[Job]) -> RunStats:
         from tqdm.auto import tqdm

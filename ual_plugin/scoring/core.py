@@ -14,7 +14,7 @@ from typing import Any
 
 from ual_plugin.scoring import formats
 from ual_plugin.scoring.cache import ScoreCache, make_key
-from ual_plugin.scoring.client import ApiScorer, Job, RunStats, served_model
+from ual_plugin.scoring.client import ApiScorer, Job, RunStats, run_sync, served_model
 from ual_plugin.scoring.cost import EST_OUTPUT_TOKENS, Pricing, TokenCounter
 from ual_plugin.scoring.layouts import render_sample
 from ual_plugin.scoring.options import ScoreOptions
@@ -186,11 +186,11 @@ def _run_api(opts: ScoreOptions, cache: ScoreCache, jobs: list[Job], result: Sco
         if opts.batch:
             from ual_plugin.scoring.batch import BatchRunner
 
-            runner = BatchRunner(api, log=log)
-            runner.run(jobs)
+            runner = BatchRunner(api, log)
+            run_sync(runner.arun(jobs))
             result.pending_batches = runner.pending
         elif jobs:
-            api.run(jobs)
+            run_sync(api.arun(jobs))
     except Exception as err:  # openai errors can quote the request: never show the key
         text = api.redactor.redact(f"{type(err).__name__}: {err}")
         if text == f"{type(err).__name__}: {err}":
