@@ -81,8 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--price-in", type=float, default=None,
                    help="USD per 1M input tokens (overrides the table; a custom endpoint has no price otherwise)")
     r.add_argument("--price-out", type=float, default=None, help="USD per 1M output tokens")
-    r.add_argument("--progress", action="store_true", default=None, help="progress bar (default: on a terminal)")
-    r.add_argument("--no-progress", dest="progress", action="store_false")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")
     b = p.add_argument_group("Batch API")
     b.add_argument("--batch", action="store_true", help="OpenAI Batch API (50%% cheaper, within 24 h)")
     b.add_argument("--batch-id", dest="batch_ids", action="append", default=[], metavar="ID",
@@ -106,6 +105,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def run(args: argparse.Namespace) -> int:
     from ual_plugin.scoring.client import Redactor
     from ual_plugin.scoring.core import score
+    from ual_plugin.scoring.formats import sidecar_path
     from ual_plugin.scoring.options import ScoreOptions
 
     redactor = Redactor()
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:  # bad input or configuration (InputError, RowFormatError, ConfigError)
         return err(str(e))
     except KeyboardInterrupt as stop:
-        where = f" in {args.cache_path or (args.output + '.ual-cache.jsonl')}" if args.output else ""
+        where = f" in {args.cache_path or sidecar_path(args.output)}" if args.output else ""
         what = "terminated" if isinstance(stop, _Terminated) else "interrupted"
         print(f"\n{what}: every reply received so far is saved{where}; re-run the same command to resume.",
               file=sys.stderr, flush=True)
