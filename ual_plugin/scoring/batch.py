@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -33,7 +32,6 @@ class BatchRunner:
     async def arun(self, jobs: Sequence[Job]) -> None:
         import openai
 
-        t0 = time.monotonic()
         client = make_client(self.opts)
         try:
             await self._arun(client, jobs)
@@ -42,7 +40,6 @@ class BatchRunner:
             self.scorer.stats.fatal = self.scorer.redactor.redact(
                 f"Batch API call failed ({f'HTTP {status}' if status else type(err).__name__}): {err_text(err)}")
         finally:
-            self.scorer.stats.elapsed = time.monotonic() - t0
             await client.close()
 
     async def _create(self, client: Any, file_id: str, keys: list[str] | None) -> dict:

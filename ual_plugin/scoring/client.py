@@ -110,7 +110,7 @@ class RunStats:
     failures: dict[str, str] = field(default_factory=dict)  # cache key -> reason
     notes: list[str] = field(default_factory=list)
     fatal: str | None = None
-    elapsed: float = 0.0
+    elapsed: float = 0.0  # seconds of scoring, timed by core.score
 
     def add_usage(self, usage: Any) -> None:
         self.usage_missing += usage is None
@@ -311,7 +311,6 @@ class ApiScorer:
     async def arun(self, jobs: Sequence[Job]) -> RunStats:
         from tqdm.auto import tqdm
 
-        t0 = time.monotonic()
         client = make_client(self.opts, {"request": [self._on_request], "response": [self._on_response]})
         bar = tqdm(total=len(jobs), unit="row", desc="scoring", disable=not self.opts.show_progress,
                    dynamic_ncols=True, smoothing=0.1)
@@ -339,7 +338,6 @@ class ApiScorer:
             await asyncio.gather(*(work(rest) for _ in range(max(0, self.workers))))
         finally:
             bar.close()
-            self.stats.elapsed = time.monotonic() - t0
             await client.close()
         return self.stats
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -141,6 +142,7 @@ def score(data: Any, output: str | os.PathLike | None = None, options: ScoreOpti
                              n_cached_rows=sum(k in done for k in keys), failed_rows={}, stats=RunStats(),
                              scorer=scorer_name, output=Path(output) if output is not None else None,
                              loaded=loaded, samples=samples)
+        t0 = time.monotonic()
         if opts.scorer == "openai":
             result.pricing = Pricing.resolve(opts.model, opts.price_in, opts.price_out, opts.batch,
                                              opts.openai_hosted)
@@ -158,6 +160,7 @@ def score(data: Any, output: str | os.PathLike | None = None, options: ScoreOpti
             from ual_plugin.scoring.ppl_scorer import score_ppl
 
             result.stats = score_ppl([(k, convs[first_row[k]]) for k in todo], opts, cache, scorer_name)
+        result.stats.elapsed = time.monotonic() - t0
         result.values = [cache.score(k, samples, opts.min_samples) for k in keys]
         result.n_replies = [len(cache.usable(k, samples)) for k in keys]
         for i, (k, v) in enumerate(zip(keys, result.values, strict=True)):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +126,7 @@ def score_ppl(jobs: Sequence[tuple[str, Sequence[dict[str, str]]]], opts: Any, c
     """Perplexity of every ``(key, conversation)`` job, appended to ``cache`` batch by batch."""
     from tqdm.auto import tqdm
 
-    stats, t0 = RunStats(), time.monotonic()
+    stats = RunStats()
     model, tok = load_model(opts.model, opts.device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     encoded: list[tuple[str, Encoded]] = []
@@ -152,5 +151,4 @@ def score_ppl(jobs: Sequence[tuple[str, Sequence[dict[str, str]]]], opts: Any, c
                 cache.add_reply(key, 0, score=ppl, scorer=scorer_name, model=opts.model,
                                 n_tokens=len(enc.ids), n_response_tokens=sum(enc.targets))
             bar.update(len(chunk))
-    stats.elapsed = time.monotonic() - t0
     return stats
