@@ -84,11 +84,8 @@ def parse_score(reply: str | None, max_score: float = 99) -> ParsedScore:
 
 
 def expected_score(tokens: Sequence[Any] | None, parsed: ParsedScore, max_score: float = 99) -> float | None:
-    """Expected score over the alternatives of the score token, or None where that is not sound.
-
-    Sound only when the score is one token and some numeric alternative has two digits or more: with
-    digit-by-digit tokenizers the alternatives '1', '9' of a reply '0' are first digits of 10-19, 90-99.
-    """
+    """Expected score over the score token's alternatives; None unless the score is one token and an
+    alternative has 2+ digits (digit-split tokenizers: '1', '9' of a reply '0' begin 10-19, 90-99)."""
     pos = 0
     for tok in tokens or []:
         text = get(tok, "token") or ""

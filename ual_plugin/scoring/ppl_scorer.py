@@ -80,11 +80,8 @@ def model_fingerprint(path: str) -> str:
 
 
 def response_perplexities(model: Any, batch: Sequence[Encoded], pad_id: int) -> list[float]:
-    """exp(mean NLL) over each sample's response targets, for one right-padded batch (no grad).
-
-    Per-token NLL and per-sample perplexity are :func:`ual_plugin.loss.token_nll_and_margin` and
-    :func:`ual_plugin.ppl.per_sample_ppl`, as in training's PPL mode.
-    """
+    """exp(mean NLL) over each sample's response targets, for one right-padded batch (no grad), through
+    training's :func:`~ual_plugin.loss.token_nll_and_margin` and :func:`~ual_plugin.ppl.per_sample_ppl`."""
     import torch
 
     from ual_plugin.loss import token_nll_and_margin
