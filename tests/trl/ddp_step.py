@@ -34,6 +34,9 @@ def main() -> None:
     if trainer.accelerator.is_main_process:
         delta = torch.cat([(p.detach() - before[k]).flatten() for k, p in trainer.model.named_parameters()])
         torch.save(delta, out_file)
+    if torch.distributed.is_initialized():  # a clean shutdown: gloo's threads abort a process that exits without it
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
