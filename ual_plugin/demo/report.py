@@ -127,7 +127,7 @@ def verdict(results: Results, labels: Mapping[str, str]) -> list[str]:
                   "on no metric: on this data, per-sample smoothing does not help beyond smoothing itself.")
     elif better and worse:
         bottom = (f"Bottom line: a trade-off, not a free win. Against uniform smoothing at the same mean, UAL is "
-                  f"better for {'; '.join(better)} and worse for {'; '.join(worse)}.")
+                  f"better for {'; '.join(better)}. It is worse for {'; '.join(worse)}.")
     else:
         bottom = ("Bottom line: uniform label smoothing at the same mean matches UAL here: no metric separates "
                   f"them clearly over {seeds} seeds, so any difference from SFT comes from smoothing itself, not "
