@@ -224,6 +224,15 @@ def main() -> None:
     dist.destroy_process_group()
 
 
+def exit_now() -> None:
+    """Leave without interpreter teardown: engine objects still holding gloo's threads were seen to abort a
+    finished rank during teardown ("terminate called without an active exception"), about once in a few runs."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()
+    exit_now()
