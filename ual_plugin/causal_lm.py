@@ -101,8 +101,9 @@ def _backbone(lm: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextmanager
-def _capture_hidden(backbone: torch.nn.Module, box: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
-    """Puts the backbone's final hidden states into ``box["hidden"]`` while the block runs."""
+def _capture_hidden(backbone: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """A dict whose ``"hidden"`` the backbone's final hidden states fill while the block runs."""
+    box: dict[str, torch.Tensor] = {}
 
     def hook(_module, _args, output):
         hidden = getattr(output, "last_hidden_state", None)
@@ -130,7 +131,7 @@ class _HeadCall:
     position_ids: torch.Tensor | None
     softcap: float | None
     logit_scale: float
-    captured: dict[str, torch.Tensor] = field(default_factory=dict)  # "hidden", set by the backbone hook
+    captured: dict[str, torch.Tensor] = field(default_factory=dict)  # "hidden": the backbone's output
     total: torch.Tensor | None = None
     output: torch.Tensor | None = None
 
@@ -223,7 +224,7 @@ def _chunked_forward(lm, request: UALRequest, args: tuple, kwargs: dict, labels,
     request._head = call
     recorder = lm.get_output_embeddings().register_forward_hook(call.record_output)
     try:
-        with _capture_hidden(_backbone(lm), call.captured):
+        with _capture_hidden(_backbone(lm)) as call.captured:
             outputs = lm._ual_original_forward(*args, **kwargs)
     finally:
         recorder.remove()
@@ -252,7 +253,7 @@ def _trl_fused_forward(lm, request: UALRequest, args: tuple, kwargs: dict, label
     With z = s * (h W^T + b) the correction is s * (h . (W[y] - mean_v W) + b[y] - mean(b)):
     O(tokens x hidden) on TRL's kernel. Reads the head weight directly, so only unsharded.
     """
-    with _capture_hidden(_backbone(lm), {}) as box:
+    with _capture_hidden(_backbone(lm)) as box:
         outputs = lm._ual_original_forward(*args, labels=labels, fused_lm_head=True, **kwargs)
     head = lm.get_output_embeddings()
     hidden = box["hidden"][:, :-1].to(head.weight.device)

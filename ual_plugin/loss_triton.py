@@ -144,7 +144,7 @@ def _ual_rows_kernel(
 
 
 def logits_buffer(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised [rows, vocab] logits buffer whose row stride is padded to ``ROW_ALIGN``.
+    """A [rows, vocab] logits buffer (contents uninitialised) whose row stride is padded to ``ROW_ALIGN``.
 
     The padding is zeroed: CPU bf16 GEMMs (oneDNN) read past ``vocab`` in a strided operand, and
     garbage there turned into NaN gradients; zeros leave every product exact."""

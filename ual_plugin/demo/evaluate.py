@@ -40,34 +40,24 @@ def group_of(row: dict, training_prompts: set[str]) -> str:
 
 
 def reply_nll(model, tokenizer, conversations: Sequence[list[dict]], batch_size: int = 32) -> list[float]:
-    """Mean NLL per assistant token of each conversation (its chat template's generation span)."""
-    import torch
+    """Mean NLL per assistant token of each conversation (its chat template's generation span): the log of
+    the response perplexity that ``ual score --scorer ppl`` computes."""
+    import math
 
-    encoded = [tokenizer.apply_chat_template(c, return_dict=True, return_assistant_tokens_mask=True)
-               for c in conversations]
-    pad = tokenizer.pad_token_id
-    out: list[float] = []
+    from ual_plugin.scoring.ppl_scorer import Encoded, response_perplexities
+
+    encoded = []
+    for i, conv in enumerate(conversations):
+        e = tokenizer.apply_chat_template(conv, return_dict=True, return_assistant_tokens_mask=True)
+        mask = [bool(m) for m in e["assistant_masks"]]
+        if not any(mask):
+            raise ValueError(f"conversation {i} has no assistant tokens to score")
+        encoded.append(Encoded(list(e["input_ids"]), mask))
     model.eval()
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start:start + batch_size]
-            width = max(len(e["input_ids"]) for e in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attention = torch.zeros_like(ids)
-            labels = torch.full_like(ids, -100)
-            for i, e in enumerate(chunk):
-                row = torch.tensor(list(e["input_ids"]))
-                mask = torch.tensor(list(e["assistant_masks"]), dtype=torch.bool)
-                if not mask.any():
-                    raise ValueError(f"conversation {start + i} has no assistant tokens to score")
-                ids[i, :len(row)] = row
-                attention[i, :len(row)] = 1
-                labels[i, :len(row)] = torch.where(mask, row, -100)
-            logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
-            target = labels[:, 1:]
-            token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-            counted = target != -100
-            out.extend((token_nll * counted).sum(1).div(counted.sum(1)).tolist())
+    out: list[float] = []
+    for start in range(0, len(encoded), batch_size):
+        ppl = response_perplexities(model, encoded[start:start + batch_size], tokenizer.pad_token_id)
+        out.extend(math.log(p) for p in ppl)
     return out
 
 

@@ -87,6 +87,11 @@ def compare(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
             for key, _category, _meaning, higher in METRICS}
 
 
+def _seeds(comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> int:
+    """How many seeds the comparisons paired (the same for every metric and pair)."""
+    return next(iter(next(iter(comparisons.values())).values()))["seeds"]
+
+
 def _metric_name(key: str) -> str:
     _, category, meaning, _ = next(m for m in METRICS if m[0] == key)
     return f"{meaning.split(' (')[0]} ({category})"
@@ -114,7 +119,7 @@ def verdict(results: Results, labels: Mapping[str, str]) -> list[str]:
                      f"vs {labels['sft']} {_judge(vs_sft)}.")
         if vs_uniform["outcome"] in found:
             found[vs_uniform["outcome"]].append(_metric_name(key))
-    seeds = next(iter(next(iter(comparisons.values())).values()))["seeds"]
+    seeds = _seeds(comparisons)
     better, worse = found["better"], found["worse"]
     if seeds < 2:
         bottom = ("Bottom line: one seed cannot separate the arms; run with --seeds 3 or more before reading "
@@ -171,7 +176,7 @@ def format_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]], label
 def headline(results: Results, labels: Mapping[str, str]) -> str:
     """One line for the figure: how UAL does against uniform smoothing on each metric (paired over seeds)."""
     comparisons = compare(results)
-    seeds = next(iter(next(iter(comparisons.values())).values()))["seeds"]
+    seeds = _seeds(comparisons)
     if seeds < 2:
         return f"{labels['ual']} vs {labels['uniform']}: one seed, no comparison (use 3 seeds or more)"
     groups: dict[str, list[str]] = {}
