@@ -8,6 +8,7 @@ Variants (all compute gradients for hidden and weight):
   ual_linear        ual_plugin.linear_smoothed_cross_entropy, per-token smoothing, no [N, V] logits
                     (kernel "auto": triton on CUDA, torch elsewhere)
   ual_linear_torch  the same with kernel="torch" (the portable fallback)
+  ual_linear_triton the same with kernel="triton" (CUDA, or TRITON_INTERPRET=1)
   gemm_floor        the three bare GEMMs of any linear cross-entropy (logits, grad hidden, grad
                     weight) and nothing else: the time floor (CUDA)
   liger_flce        Liger-Kernel's fused linear cross-entropy, scalar label_smoothing=0.1 (CUDA)
@@ -41,7 +42,8 @@ from results_md import device_name, provenance, write_section
 
 from ual_plugin import linear_smoothed_cross_entropy, smoothed_cross_entropy
 
-VARIANTS = ("torch_ls", "torch_ual", "ual_linear", "ual_linear_torch", "gemm_floor", "liger_flce", "cce")
+VARIANTS = ("torch_ls", "torch_ual", "ual_linear", "ual_linear_torch", "ual_linear_triton", "gemm_floor",
+            "liger_flce", "cce")
 CPU_DEFAULT = ("torch_ls", "torch_ual", "ual_linear")
 CUDA_DEFAULT = ("torch_ls", "gemm_floor", "liger_flce", "cce", "ual_linear")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,7 +53,7 @@ _NEEDS = {"liger_flce": "liger_kernel", "cce": "cut_cross_entropy"}
 
 
 def available(variant: str, device: str) -> bool:
-    if variant in ("gemm_floor", "liger_flce", "cce") and device != "cuda":
+    if variant in ("gemm_floor", "liger_flce", "cce", "ual_linear_triton") and device != "cuda":
         return False
     return variant not in _NEEDS or importlib.util.find_spec(_NEEDS[variant]) is not None
 
@@ -95,8 +97,9 @@ def step(variant: str, hidden, weight, targets, smoothing) -> None:
         loss = smoothed_cross_entropy(logits, targets, smoothing)
     elif variant == "ual_linear":
         loss = linear_smoothed_cross_entropy(hidden, weight, targets, smoothing, **_UAL_OPTIONS)
-    elif variant == "ual_linear_torch":
-        loss = linear_smoothed_cross_entropy(hidden, weight, targets, smoothing, kernel="torch", **_UAL_OPTIONS)
+    elif variant in ("ual_linear_torch", "ual_linear_triton"):
+        kernel = variant.rsplit("_", 1)[1]
+        loss = linear_smoothed_cross_entropy(hidden, weight, targets, smoothing, kernel=kernel, **_UAL_OPTIONS)
     elif variant == "liger_flce":
         loss = _liger_loss()(weight, hidden, targets)
     elif variant == "cce":

@@ -10,6 +10,8 @@
 #   bash benchmarks/run_gpu_suite.sh trl       # LoRA training step, Llama-3-8B shape: UALSFTTrainer vs SFTTrainer
 #   bash benchmarks/run_gpu_suite.sh qlora     # 4-bit QLoRA with UAL: runs, loss matches bf16 LoRA
 #   bash benchmarks/run_gpu_suite.sh axolotl   # axolotl train: UAL vs default loss vs Liger FLCE
+#   bash benchmarks/run_gpu_suite.sh lease     # one short GPU session: verify, then loss (+profile), trl
+#                                              # (+profile), qlora; logs and RESULTS.md copied to $OUT per stage
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_DISABLED=true \
@@ -21,9 +23,26 @@ case "${1:-all}" in
            timeout 240 bash "$0" verify && timeout 150 bash "$0" loss && timeout 180 bash "$0" trl ;;
   verify)  $PY benchmarks/verify_gpu.py --write ;;
   tests)   $PY -m pytest -q -p no:cacheprovider tests/test_loss.py tests/test_loss_triton.py tests/test_causal_lm.py ;;
-  loss)    $PY benchmarks/loss_bench.py --preset gpu --reps 20 --write ;;
+  loss)    $PY benchmarks/loss_bench.py --preset gpu --reps 20 --write \
+             --variants torch_ls,gemm_floor,liger_flce,cce,ual_linear_triton,ual_linear_torch ;;
   trl)     $PY benchmarks/train_step_bench.py --preset llama3-8b-lora --reps 6 --write ;;
   qlora)   $PY benchmarks/qlora_check.py --preset llama3-8b --write ;;
   axolotl) $PY benchmarks/axolotl_step_bench.py --preset llama3-8b-lora --write ;;
-  *) echo "usage: $0 [all|verify|tests|loss|trl|qlora|axolotl]" >&2; exit 2 ;;
+  lease)   # verify gates the rest, as in `all`, so a failure leaves device time for a rerun; the trainers
+           # run the Triton kernel (UAL_KERNEL=triton, what `auto` picks on CUDA once verify has passed).
+           out=${OUT:-/tmp/ual-gpu-out}; mkdir -p "$out"; set +e
+           { nvidia-smi -L; $PY -c "import trl, datasets, peft, liger_kernel, cut_cross_entropy, bitsandbytes"; $PY -c 'import sys; sys.path.insert(0, "benchmarks"); import results_md as r; print(r.versions())'; } \
+             > "$out/env.txt" 2>&1
+           save() { cp benchmarks/RESULTS.md "$out/RESULTS.md"; }
+           timeout 170 bash "$0" verify 2>&1 | tee "$out/verify.log"; verified=${PIPESTATUS[0]}; save
+           echo "verify exit $verified" >> "$out/env.txt"
+           [ "$verified" = 0 ] || exit "$verified"
+           export UAL_KERNEL=triton
+           timeout 130 bash "$0" loss 2>&1 | tee "$out/loss.log"; save
+           timeout 40 $PY benchmarks/profile_loss.py > "$out/profile.txt" 2>&1
+           timeout 150 $PY benchmarks/train_step_bench.py --preset llama3-8b-lora --reps 6 --write \
+             --profile "$out/trl_profile.txt" 2>&1 | tee "$out/trl.log"; save
+           timeout 100 $PY benchmarks/qlora_check.py --preset llama3-8b --layers 4 --write 2>&1 | tee "$out/qlora.log"; save
+           ;;
+  *) echo "usage: $0 [all|verify|tests|loss|trl|qlora|axolotl|lease]" >&2; exit 2 ;;
 esac

@@ -88,12 +88,27 @@ def memory_of(p: dict, variant: str, device: str) -> float:
         return peak_bytes(lambda: one_step(trainer, batch, n), device)
 
 
+def write_profiles(built: dict, device: str, path: str) -> None:
+    """One warmed-up step of each trainer under torch.profiler: the kernel tables, by total device time."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    key = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+    with open(path, "w") as f:
+        for v, parts in built.items():
+            with torch.profiler.profile(activities=activities) as prof:
+                one_step(*parts)
+                sync(device)
+            f.write(f"## {v}\n\n{prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=list(PRESETS), default="cpu-small")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    ap.add_argument("--profile", help="also write a torch.profiler table of one step of each trainer to this file")
     ap.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     p = PRESETS[args.preset]
@@ -117,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 one_step(*built[v])
                 sync(args.device)
                 times[v].append(time.perf_counter() - t)
+        if args.profile:
+            write_profiles(built, args.device, args.profile)
         del built
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
     memory = {}
