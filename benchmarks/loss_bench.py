@@ -15,10 +15,11 @@ Variants (all compute gradients for hidden and weight):
   cce               Cut Cross-Entropy's linear_cross_entropy, no smoothing (CUDA)
 
 Time: the variants run interleaved (A B A B ...) in one process; we report medians and the
-median of per-round ratios against torch_ls. Memory: each variant runs in a fresh process; on
-CPU the peak is VmHWM - VmRSS around one warmed-up step (after resetting VmHWM through
-/proc/self/clear_refs, with MALLOC_MMAP_THRESHOLD_ so big buffers are returned to the OS); on
-CUDA it is torch.cuda.max_memory_allocated above the inputs.
+median of per-round ratios against torch_ls. Memory: on CUDA, torch.cuda.max_memory_allocated above
+the inputs around one warmed-up step, in the same process (the allocator counts exactly); on CPU each
+variant runs in a fresh process and the peak is VmHWM - VmRSS around one warmed-up step (after
+resetting VmHWM through /proc/self/clear_refs, with MALLOC_MMAP_THRESHOLD_ so big buffers are
+returned to the OS).
 
     python benchmarks/loss_bench.py                       # CPU, N=2048 H=256 V=32000
     python benchmarks/loss_bench.py --preset gpu --write   # CUDA, both issue shapes, bf16, into RESULTS.md
@@ -153,7 +154,9 @@ def measure_memory(args, variant: str) -> float:
 def table(args, variants: tuple[str, ...]) -> str:
     """One shape: time and memory of every variant, with ratios against the first and against Liger."""
     times = time_interleaved(args, variants)
-    memory = {v: measure_memory(args, v) for v in variants}
+    # CUDA's allocator counts peaks per process exactly, so CUDA measures here; CPU needs a fresh process
+    measure = measure_memory_here if args.device == "cuda" else measure_memory
+    memory = {v: measure(args, v) for v in variants}
     base = variants[0]
     refs = [base] + [r for r in ("liger_flce", "gemm_floor") if r in variants and r != base]
     head = (f"N={args.n} H={args.h} V={args.v}, {args.dtype}, {args.ignore_frac:.0%} of targets ignored, "
@@ -203,9 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset == "gpu":
         shapes, args.dtype, args.ignore_frac = list(GPU_SHAPES), "bf16", 0.0
     body = provenance(args.device) + "\n"
+    print(body, flush=True)
     for args.n, args.h, args.v in shapes:
-        body += table(args, variants) + "\n"
-    print(body)
+        part = table(args, variants)
+        print(part, flush=True)
+        body += part + "\n"
     if args.write:
         write_section("loss-gpu" if args.device == "cuda" else "loss-cpu", body)
     return 0

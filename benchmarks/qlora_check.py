@@ -138,11 +138,13 @@ def without_smoothing(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def ual_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The trainers' own UAL path: forward capturing hidden states, then ``causal_lm_ual_loss``."""
-    from ual_plugin.causal_lm import ual_batch_loss
+    """The trainers' own UAL path: the model's forward computes the UAL loss for the request around it."""
+    from ual_plugin.causal_lm import UALRequest, install_ual_forward, ual_request
+    from ual_plugin.data import TOKEN_COLUMN
 
-    out, _, _ = ual_batch_loss(model, batch)
-    return out.loss
+    install_ual_forward(model)
+    with ual_request(UALRequest(smoothing=batch[TOKEN_COLUMN])):
+        return model(**{k: v for k, v in batch.items() if k != TOKEN_COLUMN}).loss
 
 
 @torch.no_grad()

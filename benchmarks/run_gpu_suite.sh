@@ -44,5 +44,12 @@ case "${1:-all}" in
              --profile "$out/trl_profile.txt" 2>&1 | tee "$out/trl.log"; save
            timeout 100 $PY benchmarks/qlora_check.py --preset llama3-8b --layers 4 --write 2>&1 | tee "$out/qlora.log"; save
            ;;
+  lease2)  # the second call of the first GPU session: loss, qlora and the GPU tests (verify had passed)
+           out=${OUT:-/tmp/ual-gpu-out}; mkdir -p "$out"; set +e; export UAL_KERNEL=triton
+           save() { cp benchmarks/RESULTS.md "$out/RESULTS.md"; }
+           timeout 150 bash "$0" loss 2>&1 | tee "$out/loss.log"; save
+           timeout 100 $PY benchmarks/qlora_check.py --preset llama3-8b --layers 4 --write 2>&1 | tee "$out/qlora.log"; save
+           timeout 120 bash "$0" tests 2>&1 | tee "$out/tests.log"
+           ;;
   *) echo "usage: $0 [all|verify|tests|loss|trl|qlora|axolotl|lease]" >&2; exit 2 ;;
 esac
