@@ -154,16 +154,16 @@ def _triton_runs_on(device: torch.device) -> bool:
 
 
 def resolve_kernel(kernel: str | None, device: torch.device) -> str:
-    """'torch' or 'triton': the explicit choice, else ``$UAL_KERNEL``, else 'torch'.
+    """'torch' or 'triton': the explicit choice, else ``$UAL_KERNEL``, else ``auto``.
 
-    ``auto`` means the torch kernel on every device until a GPU run of ``benchmarks/run_gpu_suite.sh
-    verify`` has checked the Triton kernel; ``triton`` can always be asked for explicitly.
+    ``auto`` is the Triton kernel on CUDA when triton is installed (it passed every check of
+    ``benchmarks/run_gpu_suite.sh verify`` on an H200, benchmarks/RESULTS.md) and the torch kernel elsewhere.
     """
     choice = kernel or os.environ.get(KERNEL_ENV) or "auto"
     if choice not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}; got {choice!r}")
     if choice == "auto":
-        return "torch"
+        return "triton" if device.type == "cuda" and _triton_installed() else "torch"
     if choice == "triton":
         if not _triton_installed():
             raise ImportError("kernel='triton' needs the triton package (pip install triton); kernel='torch' runs anywhere")
@@ -505,7 +505,7 @@ def linear_smoothed_cross_entropy(
     The GEMMs run in autocast's dtype when autocast is on (else in the weight's dtype); the softmax
     and the loss are float32. ``kernel``: "torch" takes each chunk's logits to float32 (runs
     anywhere); "triton" keeps them in the compute dtype and runs one fused Triton pass over them
-    (CUDA); "auto" (the default, overridable with ``$UAL_KERNEL``) is "torch" for now.
+    (CUDA); "auto" (the default, overridable with ``$UAL_KERNEL``) is "triton" on CUDA, else "torch".
     ``accum_dtype``: dtype of the weight-gradient accumulator across chunks (default float32; the
     weight's own dtype saves memory at some precision). ``skip_ignored``: gather the label tokens
     first so ignored ones cost nothing (default on CPU only: it needs one host sync); otherwise
