@@ -134,6 +134,7 @@ class _HeadCall:
     captured: dict[str, torch.Tensor] = field(default_factory=dict)  # "hidden": the backbone's output
     total: torch.Tensor | None = None
     output: torch.Tensor | None = None
+    upstream: torch.Tensor | None = None  # the loss's incoming gradient, handed from _EmitLoss to _CarryLoss
 
     def token_smoothing(self, head: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         request = self.request
@@ -171,7 +172,7 @@ class _HeadCall:
         if "hidden" not in self.captured:
             raise RuntimeError("UAL could not capture the model's final hidden states (backbone forward not called)")
         self.total = self.loss(head, self.captured["hidden"][:, :-1])
-        return logits.detach() + (self.total - self.total.detach())
+        return _CarryLoss.apply(logits.detach(), self.total, self)
 
     def record_output(self, _module: torch.nn.Module, _args: Any, output: Any) -> None:
         """Forward hook on the head, run after the engines' own hooks: the output the model received."""
@@ -181,8 +182,42 @@ class _HeadCall:
         """The summed loss, reached through the head call's output so the engines' backward hooks run first."""
         if self.total is None or not isinstance(self.output, torch.Tensor):
             raise RuntimeError("UAL: the model's forward did not call its LM head module")
-        anchor = self.output.reshape(-1)[0]
-        return self.total.detach() + (anchor - anchor.detach())
+        return _EmitLoss.apply(self.total.detach(), self.output.reshape(-1)[0], self)
+
+
+class _EmitLoss(torch.autograd.Function):
+    """The summed loss in value; in backward, hands the loss's float32 gradient to the head call as it is,
+    and sends a placeholder through the head output (whose dtype, bf16 under autocast, would round it)."""
+
+    @staticmethod
+    def forward(ctx, total: torch.Tensor, anchor: torch.Tensor, call: _HeadCall) -> torch.Tensor:
+        ctx.call, ctx.anchor_dtype = call, anchor.dtype
+        return total.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.call.upstream = grad
+        return None, torch.ones((), dtype=ctx.anchor_dtype, device=grad.device), None
+
+
+class _CarryLoss(torch.autograd.Function):
+    """The head's logits in value; in backward, the summed loss gets the gradient _EmitLoss handed over.
+
+    The gradient thus still travels through the head's output (the engines' backward hooks run in
+    order), but no scale (1/N, 1/GA, the world size) is ever rounded to the output's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, total: torch.Tensor, call: _HeadCall) -> torch.Tensor:
+        ctx.call = call
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx, grad_logits: torch.Tensor):
+        upstream, ctx.call.upstream = ctx.call.upstream, None
+        if upstream is None:  # reached through the logits alone, not through outputs.loss
+            upstream = grad_logits.float().sum()
+        return None, upstream.float(), None
 
 
 def _head_forward(self: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
