@@ -169,6 +169,37 @@ def test_lora_on_lm_head_is_refused_with_the_reason():
         install_ual_forward(model)
 
 
+def test_lora_on_lm_head_added_after_a_first_install_is_refused():
+    """PEFT wrapping a model that already has the UAL entry: the second install still checks the head."""
+    peft = pytest.importorskip("peft")
+    base = tiny_llama()
+    install_ual_forward(base)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(ValueError, match="LoRA adapter on lm_head.*bypassed"):
+        install_ual_forward(model)
+
+
+def test_remove_ual_forward_restores_the_model():
+    from ual_plugin import remove_ual_forward
+
+    model = tiny_llama()
+    ids, labels, smoothing = batch()
+    before = model(input_ids=ids, labels=labels)
+    install_ual_forward(model)
+    assert remove_ual_forward(model) is model
+    leftovers = [(name, key) for name, m in model.named_modules() for key in m.__dict__ if key.startswith("_ual")]
+    assert leftovers == [] and "forward" not in model.__dict__ and "forward" not in model.lm_head.__dict__
+    after = model(input_ids=ids, labels=labels)
+    torch.testing.assert_close(after.logits, before.logits, rtol=0, atol=0)
+    # a request now finds no entry and the forward is the plain one: no UAL loss, no stats
+    request = UALRequest(smoothing=smoothing)
+    out = ual_forward(model, ids, labels, request)
+    torch.testing.assert_close(out.loss, before.loss, rtol=0, atol=0)
+    assert request.stats == {}
+    install_ual_forward(model)  # and it can be installed again
+    assert float(ual_forward(model, ids, labels, UALRequest(smoothing=smoothing)).loss) != float(before.loss)
+
+
 def test_modules_to_save_lm_head_trains_the_copy():
     peft = pytest.importorskip("peft")
     base = tiny_llama()

@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ual_plugin.causal_lm import remove_ual_forward
     from ual_plugin.loss import linear_smoothed_cross_entropy, smoothed_cross_entropy
     from ual_plugin.mapping import SmoothingMap, fit_smoothing_map, smoothing_from_uncertainty
     from ual_plugin.ppl import ual_loss
@@ -23,12 +24,14 @@ _HOMES = {
     "linear_smoothed_cross_entropy": "ual_plugin.loss",
     "smoothed_cross_entropy": "ual_plugin.loss",
     "ual_loss": "ual_plugin.ppl",
+    "remove_ual_forward": "ual_plugin.causal_lm",
 }
 
 __all__ = [
     "SmoothingMap",
     "fit_smoothing_map",
     "linear_smoothed_cross_entropy",
+    "remove_ual_forward",
     "smoothed_cross_entropy",
     "smoothing_from_uncertainty",
     "ual_loss",

@@ -345,17 +345,17 @@ def install_ual_forward(model: torch.nn.Module) -> torch.nn.Module:
     """Put the UAL loss entry on the causal LM inside ``model`` (idempotent); returns that LM.
 
     Call it on the unwrapped model (PEFT wrappers are fine), before DDP / FSDP / DeepSpeed wrap it.
-    ``forward`` keeps its signature, so trainers still see which batch columns the model takes.
+    ``forward`` keeps its signature, so trainers still see which batch columns the model takes. The
+    head is checked on every call, so an adapter added to ``lm_head`` after a first install is refused.
     """
     lm = unwrap_model(model)
-    if "_ual_original_forward" in lm.__dict__:
-        return lm
     head = lm.get_output_embeddings()
     _check_head(head)
     for leaf in head.modules():  # the module(s) holding the weight: one, or PEFT's original + trained copies
         if "weight" in leaf._parameters and "_ual_plain_forward" not in leaf.__dict__:
-            leaf._ual_plain_forward = leaf.forward
-            leaf.forward = types.MethodType(_head_forward, leaf)
+            _patch_forward(leaf, types.MethodType(_head_forward, leaf), "_ual_plain_forward")
+    if "_ual_original_forward" in lm.__dict__:
+        return lm
     signature = inspect.signature(type(lm).forward).parameters
     lm._ual_accepts_logits_to_keep = "logits_to_keep" in signature
     lm._ual_logit_transform = logit_transform(lm)
@@ -364,9 +364,32 @@ def install_ual_forward(model: torch.nn.Module) -> torch.nn.Module:
     def forward(self, *args, **kwargs):
         return _ual_forward(self, *args, **kwargs)
 
-    lm._ual_original_forward = lm.forward
-    lm.forward = types.MethodType(forward, lm)
+    _patch_forward(lm, types.MethodType(forward, lm), "_ual_original_forward")
     return lm
 
 
-__all__ = ["UALRequest", "install_ual_forward", "logit_transform", "ual_request", "unwrap_model"]
+def _patch_forward(module: torch.nn.Module, forward: Any, saved: str) -> None:
+    """Replace ``module.forward``, keeping the one it had under ``saved`` (and whether it was its own)."""
+    setattr(module, saved, module.forward)
+    module._ual_own_forward = "forward" in module.__dict__
+    module.forward = forward
+
+
+def remove_ual_forward(model: torch.nn.Module) -> torch.nn.Module:
+    """Take the UAL entry off the causal LM inside ``model`` (also after ``merge_and_unload``); returns it."""
+    lm = unwrap_model(model)
+    for module in lm.modules():
+        saved = next((k for k in ("_ual_original_forward", "_ual_plain_forward") if k in module.__dict__), None)
+        if saved is None:
+            continue
+        original = module.__dict__.pop(saved)
+        if module.__dict__.pop("_ual_own_forward"):
+            module.forward = original
+        else:
+            del module.forward
+        for key in ("_ual_accepts_logits_to_keep", "_ual_logit_transform"):
+            module.__dict__.pop(key, None)
+    return lm
+
+
+__all__ = ["UALRequest", "install_ual_forward", "logit_transform", "remove_ual_forward", "ual_request", "unwrap_model"]

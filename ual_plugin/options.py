@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ual_plugin.mapping import DEFAULT_ALPHA, DEFAULT_V_MAX, _check_alpha
+from ual_plugin.mapping import ALPHA_UNITS, DEFAULT_ALPHA, DEFAULT_ALPHA_PER, DEFAULT_V_MAX, _check_alpha
 
-UAL_MODES = ("column", "ppl")
+DEFAULT_PPL_WINDOW = 512
+UAL_MODES = ("column", "ppl", "uniform")
 UAL_LOSS_BACKENDS = ("auto", "chunked", "trl_fused")
 
 
@@ -37,8 +38,26 @@ class UALOptions:
         default="column",
         metadata={
             "help": "'column': smoothing from the dataset's uncertainty column (see `ual score`); 'ppl': from each "
-            "sample's own perplexity during training, no column needed.",
+            "sample's own perplexity during training, no column needed; 'uniform': plain label smoothing, ual_alpha "
+            "on every token, no column needed.",
             "choices": list(UAL_MODES),
+        },
+    )
+    ual_ppl_window: int = field(
+        default=DEFAULT_PPL_WINDOW,
+        metadata={
+            "help": "PPL mode: the running mean perplexity weights samples down by 1/e every this many samples, so "
+            "it follows the model and the mean smoothing stays near ual_alpha; 0 = the plain average over all "
+            "history (the paper's; the smoothing then decays as training lowers the perplexities)."
+        },
+    )
+    ual_alpha_per: str = field(
+        default=DEFAULT_ALPHA_PER,
+        metadata={
+            "help": "Column mode: the unit in which the mean smoothing equals ual_alpha on the training set. 'sample': "
+            "the mean over samples (the paper's definition); 'token': the mean over label tokens (the unit of the loss "
+            "and of label_smoothing_factor).",
+            "choices": list(ALPHA_UNITS),
         },
     )
     ual_uncertainty_field: str = field(
@@ -69,6 +88,9 @@ def check_ual_options(options: Mapping[str, Any]) -> None:
     mode = get("ual_mode")
     if mode not in UAL_MODES:
         raise ValueError(f"ual_mode must be one of {', '.join(UAL_MODES)}; got {mode!r}")
+    per = get("ual_alpha_per")
+    if per not in ALPHA_UNITS:
+        raise ValueError(f"ual_alpha_per must be one of {', '.join(ALPHA_UNITS)}; got {per!r}")
     backend = get("ual_loss_backend")
     if backend not in UAL_LOSS_BACKENDS:
         raise ValueError(f"ual_loss_backend must be one of {', '.join(UAL_LOSS_BACKENDS)}; got {backend!r}")
@@ -77,9 +99,16 @@ def check_ual_options(options: Mapping[str, Any]) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number; got {value!r}")
     _check_alpha(float(alpha), float(v_max))
+    check_ppl_window(get("ual_ppl_window"))
     column = get("ual_uncertainty_field")
     if not isinstance(column, str) or not column.strip():
         raise ValueError(f"ual_uncertainty_field must be a non-empty column name; got {column!r}")
+
+
+def check_ppl_window(window: Any) -> None:
+    """Raise ValueError unless ``window`` is a whole number of samples >= 0 (0: all history)."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise ValueError(f"ual_ppl_window must be a whole number of samples >= 0 (0 = all history); got {window!r}")
 
 
 def options_of(obj: Any) -> dict[str, Any]:

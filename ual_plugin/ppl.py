@@ -3,22 +3,31 @@
     v_i = min(alpha * ppl_i / running_mean_ppl, v_max)
 
 ``ppl_i`` is exp(mean next-token NLL over the sample's label tokens), computed without gradient.
-``running_mean_ppl`` is the plain average of every training sample's perplexity seen so far (on
-every process), the current batch included, so the very first batch is compared with its own
-mean. Evaluation batches use the training mean and never change it. Perplexities are capped at
-exp(30) so one degenerate sample cannot overflow the average.
+``running_mean_ppl`` averages the training samples' perplexities seen so far (on every process),
+the current batch included, so the very first batch is compared with its own mean:
+- ``window=N`` (the default, N = 512): an exponentially weighted mean whose weights fall by 1/e
+  every N samples, so it follows the model as its perplexities fall and the mean smoothing stays
+  near alpha;
+- ``window=0``: the plain average over all history (the paper's "historical average PPL"). Early,
+  high perplexities then dominate it and the smoothing decays as training lowers them.
+Evaluation batches use the training mean and never change it. Perplexities are capped at exp(30)
+so one degenerate sample cannot overflow the average.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+import weakref
 from typing import Any
 
 import torch
 
 from ual_plugin.loss import token_nll_and_margin
 from ual_plugin.mapping import DEFAULT_ALPHA, DEFAULT_V_MAX, _check_alpha
+from ual_plugin.options import DEFAULT_PPL_WINDOW, check_ppl_window
 
 _MAX_LOG_PPL = 30.0
 LOG = logging.getLogger("ual_plugin")
@@ -40,20 +49,25 @@ class PPLSmoother:
     every rank uses the same mean; ``state_dict`` / ``load_state_dict`` carry them across a resume.
     """
 
-    def __init__(self, alpha: float = DEFAULT_ALPHA, v_max: float = DEFAULT_V_MAX) -> None:
+    def __init__(self, alpha: float = DEFAULT_ALPHA, v_max: float = DEFAULT_V_MAX,
+                 window: int = DEFAULT_PPL_WINDOW) -> None:
         _check_alpha(alpha, v_max)
+        check_ppl_window(window)
         self.alpha = float(alpha)
         self.v_max = float(v_max)
-        self._sums: torch.Tensor = torch.zeros(2, dtype=torch.float64)  # [sum of ppl, number of samples]
+        self.window = int(window)
+        # [weighted sum of ppl, sum of weights, samples seen]
+        self._sums: torch.Tensor = torch.zeros(3, dtype=torch.float64)
 
     @property
     def count(self) -> int:
-        return int(self._sums[1])
+        """Training samples seen."""
+        return int(self._sums[2])
 
     @property
     def running_mean(self) -> float:
-        total, count = (float(x) for x in self._sums)
-        return total / count if count else float("nan")
+        total, weight, _ = (float(x) for x in self._sums)
+        return total / weight if weight else float("nan")
 
     def smoothing(self, ppl: torch.Tensor, present: torch.Tensor | None = None, update: bool = True) -> torch.Tensor:
         """Smoothing for each entry of ``ppl`` (entries where ``present`` is False are ignored and get 0).
@@ -64,9 +78,12 @@ class PPLSmoother:
         ppl = ppl.detach().float()
         present = torch.ones_like(ppl, dtype=torch.bool) if present is None else present
         self._sums = self._sums.to(ppl.device)
-        batch = torch.stack([(ppl * present).sum(), present.sum()]).to(torch.float64)
+        n = present.sum()
+        batch = torch.stack([(ppl * present).sum(), n, n]).to(torch.float64)
         if update:
-            self._sums = self._sums + _world_sum(batch)
+            batch = _world_sum(batch)
+            decay = torch.exp(-batch[1] / self.window) if self.window else torch.ones((), dtype=torch.float64)
+            self._sums = self._sums * torch.stack([decay, decay, decay.new_ones(())]) + batch
             sums = self._sums
         else:  # before any training step, an evaluation batch is compared with its own mean
             sums = torch.where(self._sums[1] > 0, self._sums, batch)
@@ -78,11 +95,13 @@ class PPLSmoother:
         return self.smoothing(ppl)
 
     def state_dict(self) -> dict[str, Any]:
-        total, count = (float(x) for x in self._sums)
-        return {"alpha": self.alpha, "v_max": self.v_max, "count": count, "total": total}
+        total, weight, seen = (float(x) for x in self._sums)
+        return {"alpha": self.alpha, "v_max": self.v_max, "window": self.window, "total": total, "weight": weight,
+                "count": seen}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._sums = torch.tensor([float(state["total"]), float(state["count"])], dtype=torch.float64)
+        weight = state.get("weight", state["count"])  # states saved before the window existed: plain sums
+        self._sums = torch.tensor([float(state["total"]), float(weight), float(state["count"])], dtype=torch.float64)
 
 
 def segment_ppl(
@@ -135,6 +154,20 @@ def _calling_trainer(max_depth: int = 6) -> Any:
     return None
 
 
+class _Run:
+    """One trainer's share of a ``UALLoss``: its own running mean and its own metric window."""
+
+    def __init__(self, alpha: float, v_max: float, window: int) -> None:
+        self.smoother = PPLSmoother(alpha, v_max, window)
+        self.window = torch.zeros(2, dtype=torch.float64)  # [sum of smoothing, label tokens] since the last log
+
+    def pop_mean_smoothing(self) -> float | None:
+        """Mean smoothing over the label tokens since the last call (None if there were none)."""
+        total, count = (float(x) for x in self.window)
+        self.window = torch.zeros_like(self.window)
+        return total / count if count else None
+
+
 class UALLoss:
     """PPL-mode UAL loss for ``compute_loss_func=`` on a stock ``Trainer`` or ``SFTTrainer``.
 
@@ -144,20 +177,32 @@ class UALLoss:
     Returns sum of token losses / ``num_items_in_batch`` (the mean over label tokens without it).
     With padding-free packing a whole packed row counts as one sample: use ``UALSFTTrainer``.
 
-    At its first call it logs one ``UAL active`` line and attaches to the calling trainer, which
-    then logs ``ual_smoothing`` (mean smoothing over the label tokens since the last log).
+    Each trainer that calls it gets its own running mean (so one object serves a sweep or a notebook
+    of runs): at its first call it logs one ``UAL active`` line, the trainer then logs
+    ``ual_smoothing`` (mean smoothing over the label tokens since the last log), and its checkpoints
+    carry the running mean, which a resumed run reads back.
     """
 
-    def __init__(self, alpha: float = DEFAULT_ALPHA, v_max: float = DEFAULT_V_MAX, ignore_index: int = -100):
-        self.smoother = PPLSmoother(alpha, v_max)
+    def __init__(self, alpha: float = DEFAULT_ALPHA, v_max: float = DEFAULT_V_MAX, ignore_index: int = -100,
+                 window: int = DEFAULT_PPL_WINDOW):
+        _check_alpha(alpha, v_max)
+        check_ppl_window(window)
+        self.alpha, self.v_max, self.window = float(alpha), float(v_max), int(window)
         self.ignore_index = ignore_index
         self.last_mean_smoothing = float("nan")
-        self._window = torch.zeros(2, dtype=torch.float64)  # [sum of smoothing, label tokens] since the last log
-        self._trainers: set[int] = set()
+        self._runs: weakref.WeakKeyDictionary[Any, _Run] = weakref.WeakKeyDictionary()
+        self._outside = _Run(self.alpha, self.v_max, self.window)  # calls made outside any trainer
 
-    def _attach(self, trainer: Any) -> None:
-        if trainer is None or id(trainer) in self._trainers:
-            return
+    def run_of(self, trainer: Any) -> _Run:
+        """The state ``trainer`` trains with (made, announced and hooked into its logs at its first call)."""
+        if trainer is None:
+            return self._outside
+        run = self._runs.get(trainer)
+        if run is None:
+            run = self._runs[trainer] = self._attach(trainer)
+        return run
+
+    def _attach(self, trainer: Any) -> _Run:
         loss_type = getattr(trainer.args, "loss_type", None)
         if loss_type == "chunked_nll":
             raise ValueError(
@@ -165,23 +210,19 @@ class UALLoss:
                 "loss_type='chunked_nll' (trl 1.9's default), which never builds them. Pass "
                 "SFTConfig(..., loss_type='nll'), or use UALSFTTrainer."
             )
-        self._trainers.add(id(trainer))
+        run = _Run(self.alpha, self.v_max, self.window)
+        if trainer.state.global_step > 0:  # resumed: Trainer has restored its state from this checkpoint
+            load_run_state(run.smoother, os.path.join(trainer.args.output_dir, f"checkpoint-{trainer.state.global_step}"))
         # first in line, so the printing and reporting callbacks see the metric too
-        trainer.callback_handler.callbacks.insert(0, _loss_logger(self))
+        trainer.callback_handler.callbacks.insert(0, _run_callback(run))
         LOG.warning(
-            "UAL active: mode=ppl, alpha=%s, v_max=%s (compute_loss_func=%s on %s); ual_smoothing is logged with "
-            "the loss.", self.smoother.alpha, self.smoother.v_max, self, type(trainer).__name__,
+            "UAL active: mode=ppl, alpha=%s, v_max=%s, ppl_window=%s (compute_loss_func=%s on %s); ual_smoothing is "
+            "logged with the loss.", self.alpha, self.v_max, self.window, self, type(trainer).__name__,
         )
-
-    def pop_mean_smoothing(self) -> float | None:
-        """Mean smoothing over the label tokens since the last call (None if there were none)."""
-        total, count = (float(x) for x in self._window)
-        self._window = torch.zeros_like(self._window)
-        return total / count if count else None
+        return run
 
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
-        if not self._trainers:
-            self._attach(_calling_trainer())
+        run = self.run_of(_calling_trainer())
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         if logits is None or labels is None:
             raise ValueError("ual_loss needs the model's logits and the labels (got None)")
@@ -193,9 +234,9 @@ class UALLoss:
         training = torch.is_grad_enabled()  # evaluation runs under no_grad and leaves the running mean alone
         with torch.no_grad():
             rows = torch.arange(tgt.shape[0], device=tgt.device).unsqueeze(1).expand_as(tgt)
-            eps = ppl_token_smoothing(self.smoother, nll.detach(), rows, mask, update=training)
+            eps = ppl_token_smoothing(run.smoother, nll.detach(), rows, mask, update=training)
             stats = torch.stack([(eps * mask).sum().double(), mask.sum().double()])
-            self._window = self._window.to(stats.device) + stats
+            run.window = run.window.to(stats.device) + stats
         total = (nll + eps * margin).sum()
         n = mask.sum()
         self.last_mean_smoothing = float(stats[0] / stats[1]) if int(n) > 0 else self.last_mean_smoothing
@@ -205,28 +246,55 @@ class UALLoss:
         return total / denom
 
     def __repr__(self) -> str:
-        return f"UALLoss(alpha={self.smoother.alpha}, v_max={self.smoother.v_max}, mode='ppl')"
+        return f"UALLoss(alpha={self.alpha}, v_max={self.v_max}, window={self.window}, mode='ppl')"
 
 
-def _loss_logger(loss: UALLoss) -> Any:
-    """A ``TrainerCallback`` that adds ``ual_smoothing`` to a stock trainer's training logs."""
+STATE_FILE = "ual_state.json"
+
+
+def save_run_state(smoother: PPLSmoother, folder: str) -> None:
+    """Write the PPL running mean into a checkpoint folder."""
+    with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
+        json.dump({"ppl": smoother.state_dict()}, f)
+
+
+def load_run_state(smoother: PPLSmoother, folder: str | None) -> bool:
+    """Read the PPL running mean back from a checkpoint folder; False (with a warning) when it has none."""
+    path = os.path.join(folder, STATE_FILE) if folder else None
+    if path is None or not os.path.isfile(path):
+        LOG.warning("UAL: %s has no %s; the PPL running mean starts afresh", folder, STATE_FILE)
+        return False
+    with open(path, encoding="utf-8") as f:
+        smoother.load_state_dict(json.load(f)["ppl"])
+    return True
+
+
+def _run_callback(run: _Run) -> Any:
+    """A ``TrainerCallback`` that adds ``ual_smoothing`` to a stock trainer's logs and saves the running mean."""
     from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    class UALLossLogger(TrainerCallback):
+    class UALLossCallback(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
             if logs is None or "loss" not in logs:
                 return
-            value = loss.pop_mean_smoothing()
+            value = run.pop_mean_smoothing()
             if value is None:
                 return
             logs["ual_smoothing"] = value
             if state.log_history and state.log_history[-1].get("step") == state.global_step:
                 state.log_history[-1]["ual_smoothing"] = value  # Trainer.log records the entry before callbacks run
 
-    return UALLossLogger()
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            if state.is_world_process_zero and os.path.isdir(folder):
+                save_run_state(run.smoother, folder)
+
+    return UALLossCallback()
 
 
 ual_loss = UALLoss()
 """Ready-made PPL-mode loss (alpha=0.1, v_max=0.99): ``SFTTrainer(..., compute_loss_func=ual_loss)``."""
 
-__all__ = ["PPLSmoother", "UALLoss", "per_sample_ppl", "ppl_token_smoothing", "segment_ppl", "ual_loss"]
+__all__ = ["STATE_FILE", "PPLSmoother", "UALLoss", "load_run_state", "per_sample_ppl", "ppl_token_smoothing",
+           "save_run_state", "segment_ppl", "ual_loss"]

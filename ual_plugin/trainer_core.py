@@ -9,20 +9,24 @@ PPL running mean saved with checkpoints. Adapters implement three hooks:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
 
 import torch
 
-from ual_plugin.causal_lm import UALRequest, install_ual_forward, logit_transform, ual_request
+from ual_plugin.causal_lm import (
+    UALRequest,
+    install_ual_forward,
+    logit_transform,
+    remove_ual_forward,
+    ual_request,
+)
 from ual_plugin.data import TOKEN_COLUMN
 from ual_plugin.options import check_ual_options, options_of
-from ual_plugin.ppl import PPLSmoother
+from ual_plugin.ppl import STATE_FILE, PPLSmoother, load_run_state, save_run_state
 
 LOG = logging.getLogger("ual_plugin")
-STATE_FILE = "ual_state.json"
 
 
 class SmoothingWindow:
@@ -71,14 +75,10 @@ def _state_callback(trainer: UALTrainerCore) -> Any:
 
     class UALStateCallback(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            smoother = trainer._ual_ppl
-            if smoother is None:
-                return
-            state_dict = smoother.state_dict()  # every rank holds the same (summed) values
+            smoother = trainer._ual_ppl  # every rank holds the same (summed) values
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            if state.is_world_process_zero and os.path.isdir(folder):
-                with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
-                    json.dump({"ppl": state_dict}, f)
+            if smoother is not None and state.is_world_process_zero and os.path.isdir(folder):
+                save_run_state(smoother, folder)
 
     return UALStateCallback()
 
@@ -110,7 +110,7 @@ class UALTrainerCore:
             return
         check_ual_options(options_of(args))
         if args.ual_mode == "ppl":
-            self._ual_ppl = PPLSmoother(args.ual_alpha, args.ual_v_max)
+            self._ual_ppl = PPLSmoother(args.ual_alpha, args.ual_v_max, args.ual_ppl_window)
 
     def _ual_attach(self) -> None:
         """After the framework's ``__init__`` (before ``accelerator.prepare``): install the loss in the model."""
@@ -149,6 +149,7 @@ class UALTrainerCore:
                 f"UAL column mode: the batch has no '{TOKEN_COLUMN}' tensor (was the data collator replaced after the "
                 "trainer was built?)"
             )
+        install_ual_forward(model)  # a no-op while installed; back after train() took it off (evaluate, predict)
         training = model.training
         request = UALRequest(smoothing=smoothing, ppl=self._ual_ppl, update_ppl=training,
                              backend=self.ual_loss_backend)
@@ -181,18 +182,17 @@ class UALTrainerCore:
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if self._ual_on and self._ual_ppl is not None and resume_from_checkpoint:
             self._ual_load_state(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            if self._ual_on:  # the trained model leaves without UAL's patches (evaluate / predict put them back)
+                remove_ual_forward(self.model)
 
     def _ual_load_state(self, checkpoint: str | bool) -> None:
         from transformers.trainer_utils import get_last_checkpoint
 
         folder = get_last_checkpoint(self.args.output_dir) if checkpoint is True else checkpoint
-        path = os.path.join(folder, STATE_FILE) if folder else None
-        if path is None or not os.path.isfile(path):
-            LOG.warning("UAL: %s has no %s; the PPL running mean starts afresh", folder, STATE_FILE)
-            return
-        with open(path, encoding="utf-8") as f:
-            self._ual_ppl.load_state_dict(json.load(f)["ppl"])
+        load_run_state(self._ual_ppl, folder)
 
 
 __all__ = ["STATE_FILE", "SmoothingWindow", "UALTrainerCore"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -43,7 +44,7 @@ def test_ual_loss_on_stock_sft_trainer(tiny_model_dir, tmp_path, caplog):
     assert len(banners) == 1 and "mode=ppl" in banners[0] and "alpha=0.2" in banners[0]
     smoothing = [h["ual_smoothing"] for h in tr.state.log_history if "loss" in h]
     assert len(smoothing) == 3 and all(0.0 < v < 0.99 for v in smoothing)
-    assert loss_fn.smoother.count == 12  # one perplexity per sample seen
+    assert loss_fn.run_of(tr).smoother.count == 12  # one perplexity per sample seen
     assert 0.0 < loss_fn.last_mean_smoothing < 0.99
 
 
@@ -67,12 +68,11 @@ def test_ual_loss_on_stock_transformers_trainer(tiny_model_dir, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     args = TrainingArguments(output_dir=str(tmp_path), remove_unused_columns=False, **COMMON)
-    count_before = ual_loss.smoother.count
     tr = Trainer(model=model, args=args, train_dataset=data, data_collator=collate, compute_loss_func=ual_loss)
     tr.train()
     losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
-    assert ual_loss.smoother.count - count_before == 12
+    assert ual_loss.run_of(tr).smoother.count == 12
     assert all(0.0 < h["ual_smoothing"] < 0.99 for h in tr.state.log_history if "loss" in h)
 
 
@@ -86,3 +86,42 @@ def test_chunked_nll_loss_type_gets_a_message_naming_the_fix(tiny_model_dir, tmp
                     processing_class=AutoTokenizer.from_pretrained(tiny_model_dir), compute_loss_func=UALLoss())
     with pytest.raises(ValueError, match="loss_type='nll'"):
         tr.train()
+
+
+def test_consecutive_runs_with_the_one_liner_start_afresh(tiny_model_dir, tmp_path, caplog):
+    """A sweep or notebook: the second trainer gets its own running mean, banner and ual_smoothing log."""
+    def run(name):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        args = SFTConfig(output_dir=str(tmp_path / name), loss_type="nll", max_length=64, **COMMON)
+        tr = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows()),
+                        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir), compute_loss_func=ual_loss)
+        tr.train()
+        return tr, [h["ual_smoothing"] for h in tr.state.log_history if "loss" in h]
+
+    with caplog.at_level("WARNING", logger="ual_plugin"):
+        first, first_smoothing = run("a")
+        second, second_smoothing = run("b")
+    banners = [r.getMessage() for r in caplog.records if r.getMessage().startswith("UAL active")]
+    assert len(banners) == 2
+    assert len(first_smoothing) == 3 and second_smoothing == pytest.approx(first_smoothing, rel=1e-6)
+    assert ual_loss.run_of(first) is not ual_loss.run_of(second)
+    assert ual_loss.run_of(second).smoother.count == 12
+
+
+def test_the_one_liner_saves_and_resumes_its_running_mean(tiny_model_dir, tmp_path):
+    from ual_plugin.ppl import STATE_FILE
+
+    def trainer(max_steps):
+        args = SFTConfig(output_dir=str(tmp_path), loss_type="nll", max_length=64,
+                         **{**COMMON, "max_steps": max_steps, "save_strategy": "steps", "save_steps": 2})
+        return SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args,
+                          train_dataset=Dataset.from_list(rows()),
+                          processing_class=AutoTokenizer.from_pretrained(tiny_model_dir), compute_loss_func=ual_loss)
+
+    first = trainer(2)
+    first.train()
+    saved = json.loads((tmp_path / "checkpoint-2" / STATE_FILE).read_text())["ppl"]
+    assert saved["count"] == 8
+    resumed = trainer(3)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert ual_loss.run_of(resumed).smoother.count == 12  # 8 restored + 4 from step 3
