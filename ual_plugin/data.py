@@ -17,6 +17,9 @@ import torch
 TOKEN_COLUMN = "ual_smoothing"
 """Name of the per-token smoothing column, in datasets and in batches."""
 
+NO_SCORE = -1.0
+"""Score of evaluation rows whose dataset has no uncertainty column: smoothing 0 for them."""
+
 
 def _is_bad(value: Any) -> str | None:
     """Why ``value`` is not a usable uncertainty score, or None when it is fine."""
@@ -70,6 +73,11 @@ def read_uncertainty(
             f"numbers >= 0."
         )
     return np.asarray([float(v) for v in values], dtype=np.float64)
+
+
+def label_token_counts(labels: Sequence[Sequence[int]], ignore_index: int = -100) -> np.ndarray:
+    """Label tokens per tokenised sample: the targets the shifted loss scores (``labels[1:]`` not ignored)."""
+    return np.asarray([sum(1 for t in row[1:] if t != ignore_index) for row in labels], dtype=np.float64)
 
 
 def expand_to_tokens(value: float, length: int) -> list[float]:

@@ -38,6 +38,27 @@ def test_active_config(workspace, tmp_path, capsys):
     assert "UAL will be active: mode=column, alpha=0.2, v_max=0.99, uncertainty field='uncertainty'" in out
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, "mean smoothing: 0.2 per sample (ual_alpha_per=sample); per label token: set by the row lengths"),
+        ({"ual_alpha_per": "token"}, "mean smoothing: 0.2 per label token (ual_alpha_per=token); per sample: set by"),
+        ({"ual_mode": "uniform"}, "mean smoothing: 0.2 per sample and 0.2 per label token"),
+    ],
+    ids=["sample", "token", "uniform"],
+)
+def test_both_means_are_reported(workspace, tmp_path, capsys, extra, expected):
+    status, out = check(write(tmp_path, workspace.base_config("check", ual_alpha=0.2, **extra)), capsys)
+    assert status == ACTIVE, out
+    assert expected in out
+
+
+def test_bad_alpha_per_is_invalid(workspace, tmp_path, capsys):
+    status, out = check(write(tmp_path, workspace.base_config("check", ual_alpha_per="row")), capsys)
+    assert status == INVALID
+    assert "ual_alpha_per" in out
+
+
 def test_ual_without_plugin_line_is_the_trap(workspace, tmp_path, capsys):
     cfg = workspace.base_config("check")
     del cfg["plugins"]

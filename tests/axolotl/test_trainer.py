@@ -139,3 +139,40 @@ def test_lm_head_in_modules_to_save_is_trained(workspace, tmp_path, parts):
     wrapper = model.base_model.model.lm_head
     assert wrapper.modules_to_save["default"].weight.grad is not None
     assert wrapper.original_module.weight.grad is None
+
+
+@pytest.mark.parametrize("per", ["sample", "token"])
+def test_map_mean_holds_in_the_chosen_unit(workspace, tmp_path, parts, per):
+    import numpy as np
+
+    tok, base_rows = parts
+    rows = []
+    for i, r in enumerate(base_rows):  # stretch the replies so label-token counts differ by more than 10x
+        extra = [r["input_ids"][-2]] * (12 * i)
+        ids = r["input_ids"][:-1] + extra + r["input_ids"][-1:]
+        labels = r["labels"][:-1] + extra + r["labels"][-1:]
+        rows.append({**r, "input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    trainer = make_trainer(workspace, tmp_path, rows, tok, ual_alpha=0.2, ual_alpha_per=per)
+    scores = np.array([r[SCORE_COLUMN] for r in rows[:8]])
+    tokens = np.array([sum(t != -100 for t in r["labels"][1:]) for r in rows[:8]], dtype=float)
+    assert tokens.max() >= 10 * tokens.min()
+    values = np.array([trainer.ual_map.apply_one(u) for u in scores])
+    mean = values.mean() if per == "sample" else (values * tokens).sum() / tokens.sum()
+    assert abs(mean - 0.2) < 1e-6
+    banner = trainer.ual_banner()
+    assert f"ual_alpha_per={per}" in banner and "per sample" in banner and "per label token" in banner
+
+
+def test_uniform_mode_smooths_every_token_with_alpha(workspace, tmp_path, parts):
+    tok, rows = parts
+    plain = [{k: v for k, v in r.items() if k != SCORE_COLUMN} for r in rows]
+    trainer = make_trainer(workspace, tmp_path, plain, tok, ual_alpha=0.15, ual_mode="uniform")
+    assert trainer.ual_map is None and "mode=uniform" in trainer.ual_banner()
+    batch = trainer.data_collator([dict(r) for r in plain[:3]])
+    eps = batch[TOKEN_COLUMN]
+    for b, r in enumerate(plain[:3]):
+        assert torch.all(eps[b, : len(r["input_ids"])] == torch.tensor(0.15))
+    total, n = reference(trainer.model, batch, eps)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    assert loss.item() == pytest.approx(float(total) / n, rel=1e-5)

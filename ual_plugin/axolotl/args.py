@@ -15,9 +15,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, create_model, model_validator
 
 from ual_plugin.axolotl.options import _truthy, check_ual_values, ual_conflicts
+from ual_plugin.mapping import ALPHA_UNITS
 from ual_plugin.options import UAL_LOSS_BACKENDS, UAL_MODES, UALOptions
 
-_CHOICES = {"ual_mode": Literal[UAL_MODES], "ual_loss_backend": Literal[UAL_LOSS_BACKENDS]}
+_CHOICES = {"ual_mode": Literal[UAL_MODES], "ual_loss_backend": Literal[UAL_LOSS_BACKENDS],
+            "ual_alpha_per": Literal[ALPHA_UNITS]}
 
 
 class _UALArgsChecks(BaseModel):

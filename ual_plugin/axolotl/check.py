@@ -151,8 +151,20 @@ def check(path: str, validate: bool = True) -> tuple[int, list[str]]:
     if mode == "column":
         resolved += f", uncertainty field='{cfg.get('ual_uncertainty_field')}'"
     lines.append(f"  UAL will be active: {resolved}")
+    lines.append(f"  {_means_line(mode, cfg.get('ual_alpha'), cfg.get('ual_alpha_per') or 'sample')}")
     lines.append("  (look for the line 'UAL active: ...' and the `ual_smoothing` metric in the training log)")
     return ACTIVE, lines
+
+
+def _means_line(mode: str, alpha: Any, per: str) -> str:
+    """Both mean smoothings as far as the config decides them (the data decides the other in column mode)."""
+    if mode == "uniform":
+        return f"mean smoothing: {alpha} per sample and {alpha} per label token (every token gets alpha)"
+    if mode == "ppl":
+        return f"mean smoothing: about {alpha} per sample, set by each sample's perplexity (ual_alpha_per applies to column mode)"
+    other = "label token" if per == "sample" else "sample"
+    return (f"mean smoothing: {alpha} per {'sample' if per == 'sample' else 'label token'} (ual_alpha_per={per}); per "
+            f"{other}: set by the row lengths, printed in the 'UAL active' line when training starts")
 
 
 def run(args: argparse.Namespace) -> int:

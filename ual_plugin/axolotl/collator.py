@@ -45,18 +45,23 @@ class UALCollator:
     """Calls ``inner`` without the score column, then adds ``ual_smoothing`` aligned with ``input_ids``.
 
     ``to_smoothing`` maps one raw score to its smoothing value (the fitted ``SmoothingMap``);
-    rows scored ``NO_SCORE`` (evaluation sets without a score column) get 0.
+    rows scored ``NO_SCORE`` (evaluation sets without a score column) get 0. ``to_smoothing=None``
+    with ``constant``: every token gets ``constant`` (uniform mode; rows carry no score).
     """
 
     def __init__(
         self,
         inner: Callable[..., dict[str, Any]],
-        to_smoothing: Callable[[float], float],
+        to_smoothing: Callable[[float], float] | None,
         multipack: bool | None = None,
         padding_free: bool | None = None,
+        constant: float | None = None,
     ):
+        if (to_smoothing is None) == (constant is None):
+            raise ValueError("UALCollator needs exactly one of to_smoothing (column mode) and constant (uniform mode)")
         self.inner = inner
         self.to_smoothing = to_smoothing
+        self.constant = constant
         self.multipack = _is_multipack(inner) if multipack is None else multipack
         self.padding_free = _is_padding_free(inner) if padding_free is None else padding_free
 
@@ -66,6 +71,8 @@ class UALCollator:
         return getattr(tokenizer, "padding_side", None) or "right"
 
     def _smoothing(self, feature: dict[str, Any]) -> list[float]:
+        if self.constant is not None:
+            return [float(self.constant)] * len(feature["input_ids"])
         score = float(feature[SCORE_COLUMN])
         value = 0.0 if score == NO_SCORE else float(self.to_smoothing(score))
         return [value] * len(feature["input_ids"])
@@ -85,7 +92,7 @@ class UALCollator:
             groups = [features]  # the multipack collators treat a flat list as one bin
         else:
             groups = [[f] for f in features]
-        if not any(SCORE_COLUMN in f for group in groups for f in group):
+        if self.constant is None and not any(SCORE_COLUMN in f for group in groups for f in group):
             return self._call_inner(features, return_tensors)
         rows = [[v for f in group for v in self._smoothing(f)] for group in groups]
 

@@ -31,13 +31,10 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from ual_plugin.data import read_uncertainty
+from ual_plugin.data import NO_SCORE, read_uncertainty
 
 SCORE_COLUMN = "_ual_uncertainty"
 """Per-row raw uncertainty score carried through tokenisation, merging, splitting and caching."""
-
-NO_SCORE = -1.0
-"""Score of evaluation rows whose dataset has no uncertainty column: smoothing 0 for them."""
 
 CACHE_KEY_VERSION = "ual-column-v1"
 

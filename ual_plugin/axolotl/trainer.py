@@ -11,17 +11,19 @@ PPL mode, ``ual_ppl_running_mean``). This adapter adds what is Axolotl-specific:
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from axolotl.core.trainers.base import AxolotlTrainer
-from axolotl.utils.logging import get_logger
 
 from ual_plugin.axolotl.collator import UALCollator
 from ual_plugin.axolotl.dataset import SCORE_COLUMN
 from ual_plugin.causal_lm import unwrap_model
-from ual_plugin.mapping import SmoothingMap, fit_smoothing_map
+from ual_plugin.data import label_token_counts
+from ual_plugin.mapping import SmoothingMap, describe_means, fit_smoothing_map
 from ual_plugin.trainer_core import UALTrainerCore
 
-LOG = get_logger("axolotl.integrations.ual")
+LOG = logging.getLogger("axolotl.integrations.ual")
 
 
 class UALAxolotlTrainer(UALTrainerCore, AxolotlTrainer):
@@ -36,12 +38,16 @@ class UALAxolotlTrainer(UALTrainerCore, AxolotlTrainer):
         if not self._ual_on:
             return
         self._ual_attach()  # after AxolotlTrainer.__init__, which turns model_accepts_loss_kwargs off for Llama
-        if self._ual_columns:
-            self.ual_map = self._ual_fit_map()
-            self.data_collator = UALCollator(self.data_collator, self.ual_map.apply_one)
+        if self._ual_columns or targs.ual_mode == "uniform":
+            if self._ual_columns:
+                self.ual_map = self._ual_fit_map()
+                wrap = {"to_smoothing": self.ual_map.apply_one}
+            else:  # uniform: ual_alpha on every token, no score
+                wrap = {"to_smoothing": None, "constant": float(targs.ual_alpha)}
+            self.data_collator = UALCollator(self.data_collator, **wrap)
             self.train_data_collator = self.data_collator
             if self.eval_data_collator is not None:
-                self.eval_data_collator = UALCollator(self.eval_data_collator, self.ual_map.apply_one)
+                self.eval_data_collator = UALCollator(self.eval_data_collator, **wrap)
         LOG.info(self.ual_banner())
 
     # ------------------------------------------------------------------ setup
@@ -55,7 +61,11 @@ class UALAxolotlTrainer(UALTrainerCore, AxolotlTrainer):
                 "prepared dataset under `dataset_prepared_path` and run again."
             )
         scores = np.asarray(train[SCORE_COLUMN], dtype=np.float64)
-        smap = fit_smoothing_map(scores, alpha=self.args.ual_alpha, v_max=self.args.ual_v_max)
+        tokens = label_token_counts(train["labels"]) if "labels" in names else None
+        per = getattr(self.args, "ual_alpha_per", "sample")
+        if per == "token" and tokens is None:
+            raise ValueError("ual_alpha_per: token needs the training set's `labels` column to count label tokens")
+        smap = fit_smoothing_map(scores, alpha=self.args.ual_alpha, v_max=self.args.ual_v_max, per=per, tokens=tokens)
         values = smap(scores)
         self._ual_fit_stats = {
             "n": int(scores.size),
@@ -88,11 +98,14 @@ class UALAxolotlTrainer(UALTrainerCore, AxolotlTrainer):
                 f"UAL active: mode=ppl, alpha={a.ual_alpha}, v_max={a.ual_v_max} (smoothing from each sample's "
                 f"perplexity); {setup}"
             )
+        if self.ual_map is None:  # uniform
+            return (f"UAL active: mode=uniform, alpha={a.ual_alpha}, "
+                    f"{describe_means(a.ual_alpha, a.ual_alpha, a.ual_alpha_per)}; {setup}")
         s = getattr(self, "_ual_fit_stats", {})
         m = self.ual_map
         return (
             f"UAL active: mode=column, alpha={a.ual_alpha}, v_max={a.ual_v_max}, beta={m.beta:.6g}, "
-            f"field='{a.ual_uncertainty_field}', fitted on {s.get('n')} training samples "
+            f"field='{a.ual_uncertainty_field}', fitted on {s.get('n')} training samples: {m.describe_means()} "
             f"(smoothing {s.get('min', 0.0):.4g}..{s.get('max', 0.0):.4g}, {s.get('clipped', 0)} clipped at v_max); "
             f"{setup}"
         )

@@ -11,27 +11,32 @@ around ``compute_loss`` and logs ``ual_smoothing``. This adapter adds what is TR
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import torch
 from datasets import Dataset, IterableDataset
 from transformers import Trainer
 from trl import SFTTrainer
 from trl.data_utils import pack_dataset
 
-from ual_plugin.data import TOKEN_COLUMN, add_token_column, read_uncertainty
-from ual_plugin.mapping import SmoothingMap, fit_smoothing_map
+from ual_plugin.data import NO_SCORE, TOKEN_COLUMN, add_token_column, label_token_counts, read_uncertainty
+from ual_plugin.mapping import SmoothingMap, describe_means, fit_smoothing_map
 from ual_plugin.trainer_core import UALTrainerCore
 from ual_plugin.trl.collator import UALCollator
 from ual_plugin.trl.config import UALSFTConfig
 
 _SAMPLE_COLUMN = "_ual_sample_smoothing"
+LOG = logging.getLogger("ual_plugin")
 
 
 class UALSFTTrainer(UALTrainerCore, SFTTrainer):
     """Drop-in for ``SFTTrainer`` that trains with Uncertainty-Aware Learning.
 
     Column mode (default) reads ``args.ual_uncertainty_field`` from the training set, fits the
-    smoothing map once on all of it and applies the same map to evaluation sets (an evaluation set
-    without the column is evaluated with smoothing 0). PPL mode needs no column.
+    smoothing map once on all of it (mean ``ual_alpha`` per ``ual_alpha_per``) and applies the same
+    map to evaluation sets (one without the column is evaluated with smoothing 0). PPL and uniform
+    mode need no column.
     """
 
     def __init__(self, model=None, args: UALSFTConfig | None = None, *pargs, **kwargs):
@@ -48,7 +53,7 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
             )
         self.ual_map: SmoothingMap | None = None
         self._ual_configure(args)
-        self._ual_columns = args.ual and args.ual_mode == "column"
+        self._ual_columns = args.ual and args.ual_mode in ("column", "uniform")
         super().__init__(model, args, *pargs, **kwargs)
         self._ual_attach()
         if self._ual_columns:
@@ -67,34 +72,49 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
         if self._ual_columns and TOKEN_COLUMN not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, TOKEN_COLUMN]
 
-    def _attach_sample_smoothing(self, dataset, args: UALSFTConfig, dataset_name: str):
+    def _attach_sample_scores(self, dataset, args: UALSFTConfig, dataset_name: str):
+        """The raw per-sample score column (validated; ``NO_SCORE`` for an eval set without the field)."""
         if isinstance(dataset, IterableDataset):
             raise ValueError(
                 "UAL column mode fits the smoothing map on the whole training set, so it needs a map-style "
-                "`datasets.Dataset`, not an IterableDataset. Materialise it, or use ual_mode='ppl'."
+                "`datasets.Dataset`, not an IterableDataset. Materialise it, or use ual_mode='ppl' or 'uniform'."
             )
         field = args.ual_uncertainty_field
-        has_field = field in dataset.column_names
-        if dataset_name == "train":
-            scores = read_uncertainty(
-                list(dataset[field]) if has_field else None, field, dataset_name, dataset.column_names
-            )
-            self.ual_map = fit_smoothing_map(scores, alpha=args.ual_alpha, v_max=args.ual_v_max)
-            values = self.ual_map(scores)
-        elif has_field:
-            if self.ual_map is None:
-                raise ValueError("UAL: the training set must be prepared before evaluation sets")
-            values = self.ual_map(read_uncertainty(list(dataset[field]), field, dataset_name))
+        if args.ual_mode == "uniform":
+            values = [float(args.ual_alpha)] * len(dataset)  # the smoothing itself: no map to fit
+        elif dataset_name == "train" or field in dataset.column_names:
+            has_field = field in dataset.column_names
+            values = read_uncertainty(list(dataset[field]) if has_field else None, field, dataset_name,
+                                      dataset.column_names)
         else:
-            values = [0.0] * len(dataset)  # no column in an eval set: plain cross-entropy there
+            values = [NO_SCORE] * len(dataset)  # no column in an eval set: plain cross-entropy there
         if _SAMPLE_COLUMN in dataset.column_names:
             dataset = dataset.remove_columns(_SAMPLE_COLUMN)
         return dataset.add_column(_SAMPLE_COLUMN, [float(v) for v in values])
 
+    def _sample_smoothing(self, dataset, args: UALSFTConfig, dataset_name: str) -> list[float]:
+        """Each tokenised sample's smoothing; on the training set, fits the map on its label tokens first."""
+        scores = np.asarray(dataset[_SAMPLE_COLUMN], dtype=np.float64)
+        if args.ual_mode == "uniform":
+            if dataset_name == "train":
+                LOG.warning("UAL active: mode=uniform, %s on %d training samples", describe_means(
+                    args.ual_alpha, args.ual_alpha, args.ual_alpha_per), len(scores))
+            return scores.tolist()
+        if dataset_name == "train":
+            tokens = label_token_counts(dataset["labels"])
+            self.ual_map = fit_smoothing_map(scores, alpha=args.ual_alpha, v_max=args.ual_v_max,
+                                             per=args.ual_alpha_per, tokens=tokens)
+            LOG.warning("UAL active: mode=column, alpha=%s, v_max=%s, beta=%.6g, field='%s', %s on %d training "
+                        "samples", args.ual_alpha, args.ual_v_max, self.ual_map.beta, args.ual_uncertainty_field,
+                        self.ual_map.describe_means(), len(scores))
+        elif self.ual_map is None:
+            raise ValueError("UAL: the training set must be prepared before evaluation sets")
+        return np.where(scores == NO_SCORE, 0.0, np.minimum(self.ual_map.beta * scores, self.ual_map.v_max)).tolist()
+
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         if not self._ual_columns or TOKEN_COLUMN in (getattr(dataset, "column_names", None) or []):
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
-        dataset = self._attach_sample_smoothing(dataset, args, dataset_name)
+        dataset = self._attach_sample_scores(dataset, args, dataset_name)
         # Let TRL tokenise and build labels, but do truncation and packing here: they must carry our column.
         max_length = args.max_length
         args.max_length = None
@@ -103,11 +123,14 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
         finally:
             args.max_length = max_length
         map_kwargs = {"num_proc": args.dataset_num_proc} if isinstance(dataset, Dataset) else {}
+        if max_length is not None and not packing:
+            dataset = self._truncate(dataset, max_length, args.truncation_mode, map_kwargs)
+        # the map is fitted on the label tokens that are trained on, so after truncation
+        dataset = dataset.remove_columns(_SAMPLE_COLUMN).add_column(
+            _SAMPLE_COLUMN, self._sample_smoothing(dataset, args, dataset_name))
         dataset = dataset.map(
             add_token_column, fn_kwargs={"sample_key": _SAMPLE_COLUMN}, remove_columns=[_SAMPLE_COLUMN], **map_kwargs
         )
-        if max_length is not None and not packing:
-            dataset = self._truncate(dataset, max_length, args.truncation_mode, map_kwargs)
         if packing:
             if max_length is None:
                 raise ValueError("When packing is enabled, `max_length` can't be `None`.")
