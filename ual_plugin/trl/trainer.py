@@ -57,7 +57,21 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
         super().__init__(model, args, *pargs, **kwargs)
         self._ual_attach()
         if self._ual_columns:
+            self._ual_check_prepared(self.train_dataset)
             self.data_collator = UALCollator(self.data_collator, padding_free=self.padding_free)
+
+    @staticmethod
+    def _ual_check_prepared(dataset) -> None:
+        """Stop at construction when the training set skipped preparation and so carries no smoothing."""
+        columns = getattr(dataset, "column_names", None)
+        if columns is not None and TOKEN_COLUMN not in columns:
+            raise ValueError(
+                f"UAL: the training set has no per-token '{TOKEN_COLUMN}' column because SFTTrainer did not prepare "
+                "it (dataset_kwargs={'skip_prepare_dataset': True}, as vision datasets use), so no smoothing map was "
+                "fitted. Let the trainer prepare the dataset, add the column yourself (each sample's smoothing "
+                f"repeated over its tokens, e.g. with datasets.map and ual_plugin.data.add_token_column), or use "
+                "ual_mode='ppl', which needs no column."
+            )
 
     def _ual_fused_head_available(self) -> bool:
         try:
@@ -158,7 +172,8 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
 
     # ------------------------------------------------------------------ loss and metrics
     def _ual_framework_loss(self, model, inputs, num_items_in_batch):
-        inputs.pop("_prediction_loss_only", None)  # SFTTrainer.prediction_step's note to its own compute_loss
+        if getattr(self, "aux_loss_enabled", False):  # as SFTTrainer does: VLM MoE wrappers need it as an input
+            inputs["output_router_logits"] = True
         if model.training:  # TRL's `num_tokens` metric, which its compute_loss (not called) keeps
             self._total_train_tokens += self._tokens_in_batch(inputs)
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
@@ -170,6 +185,10 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
         else:
             local = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
         return int(self.accelerator.gather_for_metrics(local).sum())
+
+    def _ual_router_aux_coef(self) -> float:
+        """TRL's ``router_aux_loss_coef`` (0 when SFTTrainer turned the router loss off)."""
+        return float(self.args.router_aux_loss_coef) if getattr(self, "aux_loss_enabled", False) else 0.0
 
     def _ual_store_metrics(self, mode: str, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():  # SFTTrainer.log averages them and adds the eval_ prefix
