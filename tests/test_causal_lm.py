@@ -263,3 +263,54 @@ def test_bf16_autocast_does_not_round_the_scale(n):
 
     one, scaled = head_grad(1), head_grad(n)
     assert float((scaled * n - one).norm() / one.norm()) < 3e-4
+
+
+class _HalvingLlama(transformers.LlamaForCausalLM):
+    """Post-processes its logits after the head without saying so in its config."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = out.logits / 2
+        return out
+
+
+class _UnpaddedLlama(transformers.LlamaForCausalLM):
+    """Drops the padded vocabulary rows after the head (like models with an ``unpadded_vocab_size``)."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = out.logits[..., : V - 5]
+        return out
+
+
+@pytest.mark.parametrize("cls", [_HalvingLlama, _UnpaddedLlama], ids=["halving", "unpadded"])
+def test_unnamed_logit_post_processing_stops_instead_of_training_a_wrong_loss(cls):
+    model = cls(tiny_llama().config)
+    ids, labels, smoothing = batch()
+    install_ual_forward(model)
+    with pytest.raises(ValueError, match="post-processes its logits"):
+        ual_forward(model, ids, labels, UALRequest(smoothing=smoothing))
+
+
+def test_keep_logits_returns_the_full_logits_with_the_same_loss():
+    model = tiny_llama()
+    ids, labels, smoothing = batch()
+    full_logits = model(input_ids=ids).logits.detach()
+    install_ual_forward(model)
+    short = ual_forward(model, ids, labels, UALRequest(smoothing=smoothing), num_items=torch.tensor(17))
+    full = ual_forward(model, ids, labels, UALRequest(smoothing=smoothing, keep_logits=True),
+                       num_items=torch.tensor(17))
+    assert full.logits.shape == full_logits.shape
+    torch.testing.assert_close(full.logits, full_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(full.loss, short.loss, rtol=1e-6, atol=1e-7)
+
+
+def test_plain_nll_is_the_unsmoothed_loss():
+    model = tiny_llama()
+    ids, labels, smoothing = batch()
+    ref = reference(model(input_ids=ids).logits, labels, torch.zeros_like(smoothing), 1)
+    install_ual_forward(model)
+    request = UALRequest(smoothing=smoothing, plain_nll=True)
+    with torch.no_grad():
+        ual_forward(model, ids, labels, request)
+    assert float(request.stats["nll_sum"]) == pytest.approx(float(ref), rel=1e-5)

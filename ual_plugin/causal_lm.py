@@ -40,12 +40,19 @@ class UALRequest:
     ``smoothing``: per-token values laid out like ``labels`` (column mode), or ``ppl``: the
     smoother that derives them from each sample's perplexity (PPL mode; ``update_ppl`` only while
     training). ``backend``: "chunked" or "trl_fused" (TRL's fused log-prob head, unsharded only).
+    ``router_aux``: add the MoE router loss to ``outputs.loss`` as the model weights it (True), or
+    leave it in ``outputs.aux_loss`` for the trainer to weight (False). ``keep_logits``: return the
+    full logits (evaluation with metrics, ``predict``) instead of the last position's.
+    ``plain_nll``: also put the summed unsmoothed NLL in ``stats`` (an extra no-grad pass; evaluation).
     """
 
     smoothing: torch.Tensor | None = None
     ppl: PPLSmoother | None = None
     update_ppl: bool = True
     backend: str = "chunked"
+    router_aux: bool = True
+    keep_logits: bool = False
+    plain_nll: bool = False
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     _head: _HeadCall | None = None
 
@@ -135,6 +142,7 @@ class _HeadCall:
     total: torch.Tensor | None = None
     output: torch.Tensor | None = None
     upstream: torch.Tensor | None = None  # the loss's incoming gradient, handed from _EmitLoss to _CarryLoss
+    last_logits: torch.Tensor | None = None  # the last position's logits as UAL's loss sees them
 
     def token_smoothing(self, head: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         request = self.request
@@ -163,6 +171,12 @@ class _HeadCall:
             self.request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(),
             n_correct=torch.as_tensor(stats.get("n_correct", 0), device=hidden.device),
         )
+        if self.request.plain_nll:
+            with torch.no_grad():
+                bias = None if head.bias is None else head.bias.detach()
+                _add(self.request.stats, nll_sum=linear_smoothed_cross_entropy(
+                    hidden.detach(), head.weight.detach(), self.targets, 0.0, bias=bias, reduction="sum",
+                    softcap=self.softcap, logit_scale=self.logit_scale))
         return total
 
     def carry(self, head: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
@@ -172,6 +186,7 @@ class _HeadCall:
         if "hidden" not in self.captured:
             raise RuntimeError("UAL could not capture the model's final hidden states (backbone forward not called)")
         self.total = self.loss(head, self.captured["hidden"][:, :-1])
+        self.last_logits = _transformed(logits[:, -1].detach().float(), self.softcap, self.logit_scale)
         return _CarryLoss.apply(logits.detach(), self.total, self)
 
     def record_output(self, _module: torch.nn.Module, _args: Any, output: Any) -> None:
@@ -183,6 +198,41 @@ class _HeadCall:
         if self.total is None or not isinstance(self.output, torch.Tensor):
             raise RuntimeError("UAL: the model's forward did not call its LM head module")
         return _EmitLoss.apply(self.total.detach(), self.output.reshape(-1)[0], self)
+
+
+def _transformed(z: torch.Tensor, softcap: float | None, logit_scale: float) -> torch.Tensor:
+    """The head's raw logits after the scale and soft-cap that UAL's loss applies (read from the config)."""
+    z = z * logit_scale
+    return z if softcap is None else softcap * torch.tanh(z / softcap)
+
+
+def _check_logits_once(lm: torch.nn.Module, call: _HeadCall, outputs: Any) -> None:
+    """Stop, on the model's first UAL forward, if the logits it returns are not the ones UAL's loss uses.
+
+    A model that post-processes its head output in a way its config does not name (a slice to an
+    unpadded vocabulary, an extra scale) would otherwise train on a loss for other logits.
+    """
+    if lm.__dict__.get("_ual_logits_checked") or call.last_logits is None:
+        return
+    theirs = getattr(outputs, "logits", None)
+    if not isinstance(theirs, torch.Tensor):
+        return  # the model returned no logits to compare with (nothing for a user to be misled by either)
+    theirs = theirs[:, -1].detach().float().to(call.last_logits.device)
+    ours = call.last_logits
+    if theirs.shape != ours.shape:
+        raise ValueError(
+            f"UAL: {type(lm).__name__} returns logits of shape {tuple(theirs.shape)} per position, but its LM head "
+            f"produces {tuple(ours.shape)}: the model post-processes its logits in a way UAL cannot reproduce, so "
+            "UAL would train on a loss for other logits. This model is not supported."
+        )
+    err = float((theirs - ours).abs().max())
+    if err > 2e-2 * float(ours.abs().max()) + 1e-4:
+        raise ValueError(
+            f"UAL: {type(lm).__name__}'s logits differ from its LM head's output after the logit scale / soft-cap "
+            f"its config names (max difference {err:.3g}): the model post-processes its logits in a way UAL cannot "
+            "reproduce, so UAL would train on a loss for other logits. This model is not supported."
+        )
+    lm._ual_logits_checked = True
 
 
 class _EmitLoss(torch.autograd.Function):
@@ -231,10 +281,11 @@ def _head_forward(self: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return call.carry(self, logits)
 
 
-def _router_aux_loss(lm: torch.nn.Module, outputs: Any, loss: torch.Tensor) -> torch.Tensor:
-    """``loss`` plus the MoE router loss, weighted as the model's own forward weights it."""
+def _router_aux_loss(lm: torch.nn.Module, outputs: Any, loss: torch.Tensor, request: UALRequest) -> torch.Tensor:
+    """``loss`` plus the MoE router loss, weighted as the model's own forward weights it (unless the
+    request leaves the weighting to the trainer)."""
     aux = getattr(outputs, "aux_loss", None)
-    if aux is None:
+    if aux is None or not request.router_aux:
         return loss
     coef = getattr(lm, "router_aux_loss_coef", None)
     if coef is None:
@@ -252,7 +303,7 @@ def _normalise(total: torch.Tensor, num_items: Any, n_tokens: torch.Tensor) -> t
 
 
 def _chunked_forward(lm, request: UALRequest, args: tuple, kwargs: dict, labels, num_items) -> Any:
-    if lm._ual_accepts_logits_to_keep:
+    if lm._ual_accepts_logits_to_keep and not request.keep_logits:
         kwargs["logits_to_keep"] = 1  # the model's own projection then covers one position only
     softcap, scale = lm._ual_logit_transform
     call = _HeadCall(request, labels[:, 1:], kwargs.get("position_ids"), softcap, scale)
@@ -265,7 +316,8 @@ def _chunked_forward(lm, request: UALRequest, args: tuple, kwargs: dict, labels,
         recorder.remove()
         request._head = None
     total = call.summed_loss()
-    outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]))
+    _check_logits_once(lm, call, outputs)
+    outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
     return outputs
 
 
@@ -305,7 +357,7 @@ def _trl_fused_forward(lm, request: UALRequest, args: tuple, kwargs: dict, label
     is_top1 = getattr(outputs, "is_top1", None)
     n_correct = (is_top1 & mask).sum() if is_top1 is not None else torch.zeros((), device=total.device)
     _add(request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(), n_correct=n_correct)
-    outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]))
+    outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
     return outputs
 
 
@@ -387,7 +439,7 @@ def remove_ual_forward(model: torch.nn.Module) -> torch.nn.Module:
             module.forward = original
         else:
             del module.forward
-        for key in ("_ual_accepts_logits_to_keep", "_ual_logit_transform"):
+        for key in ("_ual_accepts_logits_to_keep", "_ual_logit_transform", "_ual_logits_checked"):
             module.__dict__.pop(key, None)
     return lm
 

@@ -21,6 +21,7 @@ from ual_plugin.causal_lm import (
     logit_transform,
     remove_ual_forward,
     ual_request,
+    unwrap_model,
 )
 from ual_plugin.data import TOKEN_COLUMN
 from ual_plugin.options import check_ual_options, options_of
@@ -30,7 +31,7 @@ LOG = logging.getLogger("ual_plugin")
 
 
 class SmoothingWindow:
-    """Per-mode running sums (smoothing, label tokens, top-1 hits) between two log calls.
+    """Per-mode running sums (smoothing, label tokens, top-1 hits, unsmoothed NLL) between two log calls.
 
     Kept on the device, so a training step adds no host sync; summed over processes only when
     read, from ``Trainer.log``, which every rank calls.
@@ -40,21 +41,27 @@ class SmoothingWindow:
         self._sums: dict[str, torch.Tensor] = {}
 
     def add(self, mode: str, stats: dict[str, torch.Tensor]) -> None:
-        values = torch.stack([stats["smoothing_sum"].double(), stats["n_tokens"].double(), stats["n_correct"].double()])
+        nll = stats.get("nll_sum", torch.zeros((), device=stats["n_tokens"].device))
+        values = torch.stack([stats["smoothing_sum"].double(), stats["n_tokens"].double(),
+                              stats["n_correct"].double(), nll.double().to(stats["n_tokens"].device)])
         current = self._sums.get(mode)
         self._sums[mode] = values if current is None else current + values.to(current.device)
 
     def pop(self, mode: str, accelerator: Any = None) -> dict[str, float]:
-        """{'ual_smoothing': ..., 'mean_token_accuracy': ...} over the window (empty if no tokens)."""
+        """{'ual_smoothing', 'mean_token_accuracy'} over the window, plus 'nll' (the unsmoothed loss per
+        label token, comparable with a plain-SFT run's loss) in evaluation; empty if no tokens."""
         sums = self._sums.pop(mode, None)
         if sums is None:
-            sums = torch.zeros(3, dtype=torch.float64)
+            sums = torch.zeros(4, dtype=torch.float64)
         if accelerator is not None and accelerator.num_processes > 1:
             sums = accelerator.reduce(sums.to(accelerator.device), "sum")
-        total, count, correct = (float(x) for x in sums)
+        total, count, correct, nll = (float(x) for x in sums)
         if count <= 0:
             return {}
-        return {"ual_smoothing": total / count, "mean_token_accuracy": correct / count}
+        metrics = {"ual_smoothing": total / count, "mean_token_accuracy": correct / count}
+        if mode == "eval":
+            metrics["nll"] = nll / count
+        return metrics
 
 
 def _is_sharded(trainer: Any) -> bool:
@@ -99,6 +106,12 @@ class UALTrainerCore:
 
     def _ual_fused_head_available(self) -> bool:
         return False
+
+    def _ual_router_aux_coef(self) -> float:
+        """Weight of the MoE router loss: the model's own (its config's), unless the framework sets one."""
+        lm = unwrap_model(self.model)
+        config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+        return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
 
     # ------------------------------------------------------------------ setup
     def _ual_configure(self, args: Any) -> None:
@@ -151,20 +164,32 @@ class UALTrainerCore:
             )
         install_ual_forward(model)  # a no-op while installed; back after train() took it off (evaluate, predict)
         training = model.training
+        loss_only = inputs.pop("_prediction_loss_only", None)  # SFTTrainer.prediction_step's note (trl 1.9)
         request = UALRequest(smoothing=smoothing, ppl=self._ual_ppl, update_ppl=training,
-                             backend=self.ual_loss_backend)
+                             backend=self.ual_loss_backend, router_aux=False,
+                             keep_logits=return_outputs and not training and loss_only is not True,
+                             plain_nll=not training)
         with ual_request(request):
             loss, outputs = self._ual_framework_loss(model, inputs, num_items_in_batch)
+        loss = self._ual_add_router_aux(loss, outputs, num_items_in_batch)
         if "n_tokens" not in request.stats:
             raise RuntimeError(
                 "UAL: the model's forward did not compute the UAL loss (the UAL entry is not on this model, or the "
                 "forward ran in another thread, as with torch.nn.DataParallel; use one process per GPU)"
             )
         self._ual_window.add("train" if training else "eval", request.stats)
-        if return_outputs and (self.compute_metrics is not None or self.preprocess_logits_for_metrics is not None):
-            with torch.no_grad():  # the logits the metrics need (the UAL forward builds none)
-                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
         return (loss, outputs) if return_outputs else loss
+
+    def _ual_add_router_aux(self, loss: torch.Tensor, outputs: Any, num_items_in_batch: Any) -> torch.Tensor:
+        """``loss`` plus the MoE router loss at the trainer's weight. It is a per-micro-batch mean, so with
+        ``num_items_in_batch`` (Trainer then leaves accumulation to the loss) it is averaged over the
+        accumulation steps, and it is not scaled by the world size (DDP averages it)."""
+        aux = getattr(outputs, "aux_loss", None)
+        coef = self._ual_router_aux_coef() if aux is not None else 0.0
+        if not coef:
+            return loss
+        steps = getattr(self, "current_gradient_accumulation_steps", 1) if num_items_in_batch is not None else 1
+        return loss + coef * aux.to(loss.device) / steps
 
     # ------------------------------------------------------------------ logging and state
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
