@@ -2,6 +2,7 @@
 # Create (or reuse) a virtual environment for ual-plugin.
 #   scripts/setup_env.sh main    -> .venv         : everything (axolotl 0.19.0 and what it pins: trl 1.9, transformers 5.16)
 #   scripts/setup_env.sh latest  -> .venv-latest  : newest trl 1.16.x / transformers 5.2x, no axolotl
+#   scripts/setup_env.sh lowest  -> .venv-axolotl-lowest : the lowest supported axolotl (0.17.0) and what it pins
 # An environment is rebuilt only when pyproject.toml or this script changed since it was made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,8 @@ PYTHON="${PYTHON:-python3}"
 case "$which" in
   main)   venv=.venv;        spec=".[all]";                        extra=() ;;
   latest) venv=.venv-latest; spec=".[trl,scoring,analysis,dev]";   extra=("trl>=1.16,<2" "transformers>=5.20,<6") ;;
-  *) echo "usage: $0 main|latest" >&2; exit 2 ;;
+  lowest) venv=.venv-axolotl-lowest; spec=".[axolotl,dev]";       extra=("axolotl==0.17.0") ;;
+  *) echo "usage: $0 main|latest|lowest" >&2; exit 2 ;;
 esac
 stamp="$venv/.ual-setup-stamp"
 want="$(cat pyproject.toml "$0" | sha256sum | cut -c1-16)"

@@ -203,7 +203,9 @@ class RunResult:
 def run_cli(ws: Workspace, cfg: dict[str, Any], name: str, launcher: str = "axolotl",
             timeout: int = 420, extra_env: dict[str, str] | None = None) -> RunResult:
     """Write ``cfg`` and run it: ``axolotl train`` (the real CLI, accelerate launch underneath),
-    ``python -m axolotl.cli.train`` ("module"), or two DDP processes on CPU ("ddp2")."""
+    ``python -m axolotl.cli.train`` ("module"), two DDP processes on CPU ("ddp2"), or ``axolotl train``
+    ``python -m axolotl.cli.train`` with one Axolotl name removed first ("without:axolotl.module.name",
+    see train_without.py)."""
     path = ws.write_config(cfg, name)
     if launcher == "axolotl":
         cmd = [os.path.join(os.path.dirname(sys.executable), "axolotl"), "train", str(path)]
@@ -215,6 +217,9 @@ def run_cli(ws: Workspace, cfg: dict[str, Any], name: str, launcher: str = "axol
             "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(free_port()), "-m", "axolotl.cli.train", str(path),
         ]
+    elif launcher.startswith("without:"):
+        script = Path(__file__).with_name("train_without.py")
+        cmd = [sys.executable, str(script), launcher.split(":", 1)[1], str(path)]
     else:
         raise ValueError(launcher)
     env = cli_env(ws.root)

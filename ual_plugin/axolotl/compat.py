@@ -1,27 +1,26 @@
-"""Which Axolotl versions the plugin knows, checked at start-up.
+"""Which Axolotl versions the plugin runs on, checked at start-up.
 
-The plugin replaces a few of Axolotl's dataset-loading functions (one of them private) and relies on its
-trainer builder's hooks; with a version whose internals it has not been checked against it could train
-without UAL and say nothing. So ``UALPlugin.register`` stops such a run with a clear error instead.
+The plugin replaces a few of Axolotl's dataset-loading functions (one of them private) and overrides
+its plugin hooks; on internals it has not been checked against it could train without UAL and say
+nothing. So ``UALPlugin.register`` runs ``check_axolotl``: a tested release passes, an older one
+stops, a newer one stops unless ``UAL_ALLOW_UNTESTED_AXOLOTL=1`` is set, and then only when the
+internals probe (``ual_plugin.axolotl.probe``) finds every wrapped function and hook as checked.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
+import os
 
 from packaging.version import InvalidVersion, Version
 
-# Releases the plugin is tested with (a local build of one of them, e.g. ``0.19.0+cu130``, counts too).
-SUPPORTED_AXOLOTL_VERSIONS: tuple[str, ...] = ("0.19.0",)
+from ual_plugin.axolotl.probe import PATCHED_FUNCTIONS, internals_problems
 
-# The Axolotl functions the plugin wraps (see ``ual_plugin.axolotl.dataset.install_dataset_patches``).
-PATCHED_FUNCTIONS: tuple[tuple[str, str], ...] = (
-    ("axolotl.utils.data.sft", "get_dataset_wrapper"),
-    ("axolotl.utils.data.sft", "_load_and_process_single_dataset"),
-    ("axolotl.utils.data.sft", "generate_dataset_hash_from_config"),
-    ("axolotl.utils.data.wrappers", "wrap_dataset_for_tokenized_prompt"),
-)
+# Releases the plugin is tested with (a local build of one of them, e.g. ``0.19.0+cu130``, counts too).
+SUPPORTED_AXOLOTL_VERSIONS: tuple[str, ...] = ("0.17.0", "0.18.0", "0.19.0")
+TESTED_RANGE = f"{SUPPORTED_AXOLOTL_VERSIONS[0]} to {SUPPORTED_AXOLOTL_VERSIONS[-1]}"
+ALLOW_UNTESTED_ENV = "UAL_ALLOW_UNTESTED_AXOLOTL"
+_TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
 
 
 class UnsupportedAxolotlError(RuntimeError):
@@ -40,7 +39,7 @@ def installed_axolotl_version() -> str | None:
 
 
 def is_supported(version: str) -> bool:
-    """True when ``version`` is a supported release (or a local build of one)."""
+    """True when ``version`` is a tested release (or a local build of one)."""
     try:
         public = Version(version).public
     except InvalidVersion:
@@ -48,49 +47,71 @@ def is_supported(version: str) -> bool:
     return any(Version(public) == Version(v) for v in SUPPORTED_AXOLOTL_VERSIONS)
 
 
+def is_newer(version: str) -> bool:
+    """True when ``version`` is later than every tested release (pre-releases of a later one count)."""
+    try:
+        return Version(Version(version).public) > Version(SUPPORTED_AXOLOTL_VERSIONS[-1])
+    except InvalidVersion:
+        return False
+
+
+def untested_allowed() -> bool:
+    """Whether ``UAL_ALLOW_UNTESTED_AXOLOTL`` opts in to an Axolotl newer than the tested range."""
+    value = os.environ.get(ALLOW_UNTESTED_ENV, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise UnsupportedAxolotlError(
+        f"{ALLOW_UNTESTED_ENV}={os.environ[ALLOW_UNTESTED_ENV]!r} is not understood: use 1 to run an Axolotl newer "
+        f"than {TESTED_RANGE} after the internals probe, or unset it."
+    )
+
+
 def missing_internals() -> list[str]:
-    """The dotted names of the patched Axolotl functions that this Axolotl does not have."""
-    missing = []
-    for module_name, attr in PATCHED_FUNCTIONS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            missing.append(f"{module_name} (module)")
-            continue
-        if not callable(getattr(module, attr, None)):
-            missing.append(f"{module_name}.{attr}")
-    return missing
+    """What the internals probe finds changed in this Axolotl (empty when everything is as checked)."""
+    return internals_problems()
 
 
 def check_axolotl(version: str | None = None) -> str:
-    """Raise ``UnsupportedAxolotlError`` unless Axolotl (``version``, default: the installed one) is
-    supported and has every function the plugin patches; return the version."""
+    """Raise ``UnsupportedAxolotlError`` unless Axolotl (default: the installed one) may run with UAL; return it."""
     version = installed_axolotl_version() if version is None else version
-    supported = ", ".join(SUPPORTED_AXOLOTL_VERSIONS)
-    fix = (f"Install a supported Axolotl (pip install 'axolotl=={SUPPORTED_AXOLOTL_VERSIONS[-1]}'), or remove "
-           "ual_plugin.axolotl.UALPlugin from `plugins:` to train without UAL.")
+    pin = f"pip install 'axolotl>={SUPPORTED_AXOLOTL_VERSIONS[0]},<={SUPPORTED_AXOLOTL_VERSIONS[-1]}'"
+    fix = f"Install a tested Axolotl ({pin}), or remove ual_plugin.axolotl.UALPlugin from `plugins:` to train without UAL."
     if version is None:
-        raise UnsupportedAxolotlError(f"ual_plugin.axolotl.UALPlugin needs Axolotl ({supported}); it is not installed.")
+        raise UnsupportedAxolotlError(f"ual_plugin.axolotl.UALPlugin needs Axolotl {TESTED_RANGE}; it is not installed.")
     if not is_supported(version):
+        if not is_newer(version):
+            raise UnsupportedAxolotlError(
+                f"ual_plugin.axolotl.UALPlugin is tested with Axolotl {TESTED_RANGE}, but Axolotl {version} is installed, "
+                f"which is older or not a release. {fix}"
+            )
+        if not untested_allowed():
+            raise UnsupportedAxolotlError(
+                f"ual_plugin.axolotl.UALPlugin is tested with Axolotl {TESTED_RANGE}, but Axolotl {version} is installed. "
+                f"The plugin hooks into Axolotl internals that it has only been checked against in those releases, so it "
+                f"stops here rather than risk training without UAL. {fix} To try this Axolotl anyway, set "
+                f"{ALLOW_UNTESTED_ENV}=1: the plugin then checks the internals it relies on and stops if any changed."
+            )
+    problems = missing_internals()
+    if problems:
         raise UnsupportedAxolotlError(
-            f"ual_plugin.axolotl.UALPlugin supports Axolotl {supported}, but Axolotl {version} is installed. The "
-            f"plugin hooks into Axolotl internals that it has only been checked against in {supported}, so it stops "
-            f"here rather than risk training without UAL. {fix}"
-        )
-    missing = missing_internals()
-    if missing:
-        raise UnsupportedAxolotlError(
-            f"Axolotl {version} lacks functions ual_plugin.axolotl.UALPlugin patches: {', '.join(missing)}. {fix}"
+            f"Axolotl {version} differs from what ual_plugin.axolotl.UALPlugin relies on, so UAL could be bypassed "
+            f"without notice: {'; '.join(problems)}. {fix}"
         )
     return version
 
 
 __all__ = [
+    "ALLOW_UNTESTED_ENV",
     "PATCHED_FUNCTIONS",
     "SUPPORTED_AXOLOTL_VERSIONS",
+    "TESTED_RANGE",
     "UnsupportedAxolotlError",
     "check_axolotl",
     "installed_axolotl_version",
+    "is_newer",
     "is_supported",
     "missing_internals",
+    "untested_allowed",
 ]

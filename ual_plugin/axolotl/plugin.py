@@ -1,7 +1,7 @@
 """``UALPlugin``: the Axolotl ``BasePlugin`` behind ``plugins: [ual_plugin.axolotl.UALPlugin]``.
 
 Hooks used:
-- ``register``: stops with a clear error on an Axolotl version the plugin does not know
+- ``register``: stops with a clear error on an Axolotl version or internals the plugin does not know
   (``ual_plugin.axolotl.compat``), installs the dataset patches (no-ops unless a config has ``ual: true`` in column
   mode) and warns loudly when the plugin is listed but ``ual`` is not true;
 - ``get_input_args``: ``UALArgs`` joins Axolotl's config schema (options + refusals);
@@ -10,19 +10,30 @@ Hooks used:
 - ``get_collator_cls_and_kwargs``: declines (None), so Axolotl picks its usual collator for the
   config (padded, V1 / V2 multipack, flattening) and the trainer wraps it;
 - ``post_trainer_create``: checks the trainer really is a UAL trainer (another plugin may have
-  supplied the trainer class first).
+  supplied the trainer class first);
+- ``on_config_validation_error`` (Axolotl 0.19+): a rejected config undoes the dataset patches.
+
+Axolotl only logs an ``ImportError`` raised while loading a plugin and then trains plain SFT, so this
+module imports nothing from Axolotl but ``BasePlugin``, and a failure to import that is a ``RuntimeError``.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields
-
-from axolotl.integrations.base import BasePlugin
-from axolotl.utils.logging import get_logger
 
 from ual_plugin.options import UAL_OPTIONS, UALOptions
 
-LOG = get_logger("axolotl.integrations.ual")
+try:
+    from axolotl.integrations.base import BasePlugin
+except ImportError as exc:  # Axolotl would swallow an ImportError and train without the plugin
+    raise RuntimeError(
+        f"ual_plugin.axolotl.UALPlugin cannot load: importing axolotl.integrations.base.BasePlugin failed ({exc}). "
+        "Axolotl would skip the plugin and train plain SFT, so the run stops instead. Install a tested Axolotl "
+        "(see `ual check`), or remove ual_plugin.axolotl.UALPlugin from `plugins:` to train without UAL."
+    ) from exc
+
+LOG = logging.getLogger("axolotl.integrations.ual")
 
 
 class UALPlugin(BasePlugin):
@@ -43,6 +54,11 @@ class UALPlugin(BasePlugin):
                 repr(ual) if ual is not None else "not set",
                 f" (ignoring {', '.join(present)})" if present else "",
             )
+
+    def on_config_validation_error(self, cfg):
+        from ual_plugin.axolotl.dataset import uninstall_dataset_patches
+
+        uninstall_dataset_patches()
 
     def get_input_args(self):
         return "ual_plugin.axolotl.args.UALArgs"
