@@ -198,7 +198,7 @@ def axolotl_config(p: dict[str, Any], variant: str, work: Path, model_dir: Path,
 
 
 def run_env(work: Path, timer_out: Path, warmup: int) -> dict[str, str]:
-    from ual_plugin.axolotl.demo import demo_env
+    from ual_plugin.demo.axolotl_run import demo_env
 
     env = demo_env()
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(BENCH_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -244,7 +244,7 @@ def run_axolotl(variant: str, cfg: dict[str, Any], work: Path, warmup: int) -> t
 def run_variant(p: dict[str, Any], variant: str, work: Path, model_dir: Path, device: str, steps: int,
                 warmup: int) -> dict[str, Any]:
     """One variant's step times and peak memory (the timer's JSON) plus its median step and UAL status."""
-    from ual_plugin.axolotl.demo import parse_log
+    from ual_plugin.demo.axolotl_run import parse_log
 
     cfg = axolotl_config(p, variant, work, model_dir, device, warmup + steps)
     rc, text, timer_out = run_axolotl(variant, cfg, work, warmup)

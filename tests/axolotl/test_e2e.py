@@ -185,21 +185,3 @@ def test_ddp_two_cpu_processes_match_one_large_batch(workspace, one_batch_of_4):
     rel = weight_delta_rel(ws.model, ws.root / "runs" / "sgd-4x1", ws.root / "runs" / "sgd-ddp")
     assert rel < 1e-5, rel
 
-
-def test_axolotl_demo_score_train_summary(tmp_path):
-    """`python -m ual_plugin.axolotl.demo`: `ual score --scorer ppl` -> `ual check` -> `axolotl train` -> summary."""
-    import subprocess
-    import sys
-
-    from tests.axolotl.helpers import cli_env
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "ual_plugin.axolotl.demo", "--out", str(tmp_path / "demo"), "--n-train", "48",
-         "--max-steps", "3"],
-        env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out[-4000:]
-    assert "scored 48/48 rows" in out and "UAL will be active" in out
-    assert "=== UAL + axolotl train: summary ===" in out and "UAL active: mode=column, alpha=0.1" in out
-    assert "steps: 3;" in out and "ual_smoothing: mean" in out

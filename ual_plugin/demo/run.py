@@ -262,7 +262,7 @@ def run_demo(s: DemoSettings) -> dict:
     }
     print(f"[5/6] figure: {png}")
     if s.axolotl and _axolotl_available():
-        from ual_plugin.axolotl.demo import train_with_axolotl
+        from ual_plugin.demo.axolotl_run import train_with_axolotl
 
         print("[6/6] the same scored rows through the real `axolotl train` (plugins: [ual_plugin.axolotl.UALPlugin], "
               "ual: true)", flush=True)

@@ -1,7 +1,7 @@
 """The Axolotl demo: score -> ``axolotl train`` -> summary, on a bundled tiny model, with no API key
 and no hub access (CPU, a minute or two).
 
-    python -m ual_plugin.axolotl.demo --out ual_axolotl_demo
+    python -m ual_plugin.demo.axolotl_run --out ual_axolotl_demo
 
 1. builds a tiny random Llama and the bundled mixed-entropy demo data (exact arithmetic / unit
    conversions next to open-ended prompts), as chat rows;
@@ -212,7 +212,7 @@ def train_with_axolotl(out: Path, model: Path, scored: Path, alpha: float, max_s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ual_plugin.axolotl.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ual_plugin.demo.axolotl_run", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
