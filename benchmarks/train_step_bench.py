@@ -9,6 +9,7 @@ step with MALLOC_MMAP_THRESHOLD_; CUDA: max_memory_allocated above the state bef
 
     python benchmarks/train_step_bench.py                          # CPU, small Llama
     python benchmarks/train_step_bench.py --preset llama3-8b-lora  # GPU: Llama-3-8B shape, LoRA, bf16
+    python benchmarks/train_step_bench.py --compare label-smoothing  # ual_mode='uniform' vs label_smoothing_factor
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ PRESETS = {
 }
 
 
+# the baseline first
+COMPARISONS = {"nll": ("stock", "ual"), "label-smoothing": ("stock_ls", "uniform")}
+LABELS = {"stock": "stock SFTTrainer", "ual": "UALSFTTrainer", "stock_ls": "stock SFTTrainer, label_smoothing_factor=0.1",
+          "uniform": "UALSFTTrainer, ual_mode='uniform', ual_alpha=0.1"}
+
+
 def build_trainer(p: dict, variant: str, device: str, out_dir: str):
     from datasets import Dataset
     from random_llama import llama_config, preset_dtype
@@ -57,10 +64,14 @@ def build_trainer(p: dict, variant: str, device: str, out_dir: str):
         labels = [-100] * (p["seq"] // 2) + ids[p["seq"] // 2 :]
         rows.append({"input_ids": ids, "labels": labels, "uncertainty": float(torch.rand(1, generator=g)) * 99})
     ds = Dataset.from_list(rows)
-    if variant == "stock":
+    if variant != "ual":
         ds = ds.remove_columns("uncertainty")
+    extra = {"label_smoothing_factor": 0.1} if variant == "stock_ls" else {}
+    if variant == "uniform":
+        extra = {"ual_mode": "uniform"}
     args = UALSFTConfig(
-        output_dir=out_dir, ual=(variant == "ual"), ual_alpha=0.1, per_device_train_batch_size=p["batch"],
+        output_dir=out_dir, ual=(variant in ("ual", "uniform")), ual_alpha=0.1, per_device_train_batch_size=p["batch"],
+        **extra,
         use_cpu=(device == "cpu"), bf16=(p["dtype"] == "bf16"), report_to=[], save_strategy="no",
         max_length=p["seq"], disable_tqdm=True, dataset_num_proc=None, gradient_checkpointing=(device != "cpu"),
     )
@@ -107,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", choices=list(PRESETS), default="cpu-small")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--reps", type=int, default=8)
+    ap.add_argument("--compare", choices=list(COMPARISONS), default="nll",
+                    help="nll: UAL (column mode) vs stock SFTTrainer; label-smoothing: ual_mode='uniform' vs stock "
+                    "SFTTrainer with label_smoothing_factor, both at 0.1")
     ap.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     ap.add_argument("--profile", help="also write a torch.profiler table of one step of each trainer to this file")
     ap.add_argument("--memory-of", help=argparse.SUPPRESS)
@@ -119,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_of:
         print(json.dumps({"peak_bytes": memory_of(p, args.memory_of, args.device)}))
         return 0
-    variants = ("stock", "ual")
+    variants = COMPARISONS[args.compare]
     with tempfile.TemporaryDirectory() as tmp:
         built = {v: build_trainer(p, v, args.device, os.path.join(tmp, v)) for v in variants}
         for v in variants:
@@ -143,18 +157,20 @@ def main(argv: list[str] | None = None) -> int:
         memory[v] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
     import trl
 
+    base = variants[0]
     lines = [provenance(args.device), f"preset={args.preset} {p}, {args.reps} interleaved rounds\n",
              "| trl | trainer | median step | time vs stock | peak memory | memory vs stock |",
              "|---|---|---|---|---|---|"]
     for v in variants:
-        ratio = statistics.median(a / b for a, b in zip(times[v], times["stock"], strict=True))
-        lines.append(f"| {trl.__version__} | {'UALSFTTrainer' if v == 'ual' else 'stock SFTTrainer'} "
+        ratio = statistics.median(a / b for a, b in zip(times[v], times[base], strict=True))
+        lines.append(f"| {trl.__version__} | {LABELS[v]} "
                      f"| {1000 * statistics.median(times[v]):.0f} ms | {ratio:.3f}x | {memory[v] / 2**20:.0f} MiB "
-                     f"| {memory[v] / memory['stock']:.3f}x |")
+                     f"| {memory[v] / memory[base]:.3f}x |")
     body = "\n".join(lines) + "\n"
     print(body)
     if args.write:
-        write_section(f"train-step-{args.preset}-trl-{trl.__version__}", body)
+        suffix = "" if args.compare == "nll" else f"-{args.compare}"
+        write_section(f"train-step-{args.preset}-trl-{trl.__version__}{suffix}", body)
     return 0
 
 

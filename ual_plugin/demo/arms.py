@@ -1,14 +1,15 @@
-"""The demo's three arms: plain SFT, uniform label smoothing at ``alpha``, UAL at mean ``alpha``.
+"""The demo's five arms, all through ``UALSFTTrainer`` on the same rows, steps and seeds.
 
-All three go through ``UALSFTTrainer`` with the same data, steps and seeds. The uniform arm is the
-UAL code path with one and the same uncertainty on every row, so the smoothing map gives every
-sample exactly ``alpha``: same loss code, same normalisation, only the per-sample allocation of the
-smoothing differs from UAL. (``SFTConfig(label_smoothing_factor=alpha)`` would take Transformers'
-``LabelSmoother`` instead, a different code path that normalises the loss differently.)
+The smoothed arms share one budget: UAL and UAL-shuffled are fitted with ``ual_alpha_per="token"``
+so their mean smoothing per label token is ``alpha``, like ``uniform (token)``; ``uniform
+(sample)`` smooths every token with UAL's mean per *sample* (which differs, because open-ended
+replies are longer). UAL-shuffled reassigns UAL's scores across rows at random: same values, same
+budget, allocation unrelated to the rows, so it separates "allocation matters" from "more smoothing".
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 
@@ -16,28 +17,45 @@ from dataclasses import dataclass
 class Arm:
     key: str  # short name used in files and summary.json
     label: str  # what tables and the figure call it
-    ual: bool  # UALSFTTrainer(ual=...)
-    uncertainty: str  # "none" (no column), "constant" (uniform smoothing) or "scored" (per-sample scores)
+    mode: str  # "sft", "uniform_token", "uniform_sample", "ual" or "shuffled"
     description: str
 
 
 ARMS: tuple[Arm, ...] = (
-    Arm("sft", "SFT", False, "none", "plain SFT: cross-entropy, no smoothing (UALSFTTrainer with ual=False)"),
-    Arm("uniform", "uniform LS", True, "constant",
-        "uniform label smoothing: every sample gets smoothing alpha (UAL code path, one uncertainty for all rows)"),
-    Arm("ual", "UAL", True, "scored",
-        "UAL: per-sample smoothing from the uncertainty scores, mean alpha over the training rows"),
+    Arm("sft", "SFT", "sft", "plain SFT: cross-entropy, no smoothing (ual=False)"),
+    Arm("uniform_token", "uniform (token)", "uniform_token",
+        "ual_mode='uniform' at alpha: UAL's mean smoothing per label token"),
+    Arm("uniform_sample", "uniform (sample)", "uniform_sample",
+        "ual_mode='uniform' at UAL's mean smoothing per sample"),
+    Arm("ual", "UAL", "ual", "per-sample smoothing from the uncertainty scores, mean alpha per label token"),
+    Arm("shuffled", "UAL-shuffled", "shuffled",
+        "UAL's scores shuffled across rows, then mapped the same way (same budget, random allocation)"),
 )
+ARM_KEYS = tuple(a.key for a in ARMS)
 
 
-def training_rows(arm: Arm, rows: list[dict], messages) -> list[dict]:
-    """The training rows ``arm`` sees: chat ``messages``, plus the ``uncertainty`` column where it uses one."""
+def training_rows(arm: Arm, rows: list[dict], seed: int) -> list[dict]:
+    """The rows ``arm`` trains on: ``messages``, plus ``uncertainty`` for UAL and its shuffled control."""
+    scores = [float(r["uncertainty"]) for r in rows]
+    if arm.mode == "shuffled":
+        random.Random(seed + 2027).shuffle(scores)
     out = []
-    for row in rows:
-        item = {"messages": messages(row)}
-        if arm.uncertainty == "constant":
-            item["uncertainty"] = 1.0
-        elif arm.uncertainty == "scored":
-            item["uncertainty"] = float(row["uncertainty"])
+    for row, score in zip(rows, scores, strict=True):
+        item = {"messages": row["messages"]}
+        if arm.mode in ("ual", "shuffled"):
+            item["uncertainty"] = score
         out.append(item)
     return out
+
+
+def trainer_options(arm: Arm, alpha: float, ual_per_sample_mean: float | None) -> dict:
+    """The ``UALSFTConfig`` options that make ``arm``."""
+    if arm.mode == "sft":
+        return {"ual": False}
+    if arm.mode == "uniform_token":
+        return {"ual": True, "ual_mode": "uniform", "ual_alpha": alpha}
+    if arm.mode == "uniform_sample":
+        if ual_per_sample_mean is None:
+            raise ValueError("the uniform (sample) arm needs UAL's fitted mean per sample: train UAL first")
+        return {"ual": True, "ual_mode": "uniform", "ual_alpha": ual_per_sample_mean}
+    return {"ual": True, "ual_mode": "column", "ual_alpha": alpha, "ual_alpha_per": "token"}

@@ -1,101 +1,117 @@
-"""Held-out metrics of one trained demo model, per group of rows.
+"""What one fine-tuned demo model knows, read from its next-token distributions (no generation loop).
 
-Groups: one-right-answer rows whose prompt also occurs in the training rows (the task space is
-small: did the arm learn the exact answers?), one-right-answer rows with a prompt no training row
-has (does it carry over?), and open-ended rows (their prompts recur, their replies are new).
-
-- NLL: mean negative log-likelihood per reference token, on exactly the tokens training scores
-  (the assistant reply and its end marker), averaged over the rows of a group;
-- exact match (one-right-answer rows only): the greedy reply equals the reference answer.
+Every reply's first token decides the answer, so each metric is a sum of probabilities at the
+first reply position of a prompt, except the sampled diversity and the retention drift.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from ual_plugin.demo.world import CATEGORIES, World, fact_prompt, open_prompt
 
-# (group key, what the group is); a held-out row's ``group`` field holds the key
-GROUPS: tuple[tuple[str, str], ...] = (
-    ("seen", "one-right-answer rows, prompt seen in training"),
-    ("new", "one-right-answer rows, new prompt"),
-    ("open", "open-ended rows"),
+# (key, what it measures, higher is better?)
+METRICS: tuple[tuple[str, str, bool], ...] = (
+    ("fact_seen_p", "facts in fine-tuning: p(right answer)", True),
+    ("fact_unseen_p", "facts only in pre-training: p(right answer)", True),
+    ("fact_unseen_exact", "facts only in pre-training: greedy answer right", True),
+    ("fact_ece", "facts: calibration error (ECE, 10 bins)", False),
+    ("open_train_mass", "open-ended: mass on members seen in fine-tuning", True),
+    ("open_heldout_mass", "open-ended: mass on members seen only in pre-training", True),
+    ("open_invalid_mass", "open-ended: mass on invalid answers", False),
+    ("open_distinct", "open-ended: distinct valid members in 16 samples (top-p 0.9)", True),
+    ("retention_kl", "drift from the pre-trained model on held-out pre-training text (KL per token)", False),
 )
-_NLL = "NLL per token (lower is better)"
-_EM = "exact match (higher is better)"
-
-# (metric key, group, what it means, higher is better?)
-METRICS: tuple[tuple[str, str, str, bool], ...] = (
-    ("nll_seen", GROUPS[0][1], _NLL, False),
-    ("exact_match_seen", GROUPS[0][1], _EM, True),
-    ("nll_new", GROUPS[1][1], _NLL, False),
-    ("exact_match_new", GROUPS[1][1], _EM, True),
-    ("nll_open", GROUPS[2][1], _NLL, False),
-)
+METRIC_KEYS = tuple(m[0] for m in METRICS)
 
 
-def group_of(row: dict, training_prompts: set[str]) -> str:
-    """The ``GROUPS`` key of a held-out ``row`` (``entropy`` "low" / "high") given the training prompts."""
-    if row["entropy"] == "high":
-        return "open"
-    return "seen" if row["prompt"] in training_prompts else "new"
-
-
-def reply_nll(model, tokenizer, conversations: Sequence[list[dict]], batch_size: int = 32) -> list[float]:
-    """Mean NLL per assistant token of each conversation (its chat template's generation span): the log of
-    the response perplexity that ``ual score --scorer ppl`` computes."""
-    import math
-
-    from ual_plugin.scoring.ppl_scorer import Encoded, response_perplexities
-
-    encoded = []
-    for i, conv in enumerate(conversations):
-        e = tokenizer.apply_chat_template(conv, return_dict=True, return_assistant_tokens_mask=True)
-        mask = [bool(m) for m in e["assistant_masks"]]
-        if not any(mask):
-            raise ValueError(f"conversation {i} has no assistant tokens to score")
-        encoded.append(Encoded(list(e["input_ids"]), mask))
-    model.eval()
-    out: list[float] = []
-    for start in range(0, len(encoded), batch_size):
-        ppl = response_perplexities(model, encoded[start:start + batch_size], tokenizer.pad_token_id)
-        out.extend(math.log(p) for p in ppl)
-    return out
-
-
-def greedy_replies(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int = 12,
-                   batch_size: int = 64) -> list[str]:
-    """The greedy reply to each prompt (left-padded batches; special tokens dropped)."""
+def next_token_probs(model, tokenizer, prompts: list[str]):
+    """[len(prompts), vocab] distribution of the first reply token after each user prompt."""
     import torch
 
-    replies: list[str] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        model.eval()
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer.apply_chat_template(list(prompts[start:start + batch_size]), add_generation_prompt=True,
-                                                  return_dict=True, padding=True, return_tensors="pt")
-            with torch.no_grad():
-                generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            new = generated[:, batch["input_ids"].shape[1]:]
-            replies.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = side
-    return replies
+    encoded = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                             return_dict=True)["input_ids"] for p in prompts]
+    width = max(map(len, encoded))
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    last = torch.tensor([len(e) - 1 for e in encoded])
+    return logits[torch.arange(len(encoded)), last].softmax(-1)
 
 
-def evaluate(model, tokenizer, rows: Sequence[dict], messages: Callable[[dict], list[dict]]) -> dict[str, float]:
-    """``{metric key: value}`` for ``METRICS`` on held-out ``rows``, each with a ``group`` from ``GROUPS``."""
-    by_group = {key: [r for r in rows if r["group"] == key] for key, _ in GROUPS}
-    empty = [key for key, members in by_group.items() if not members]
-    if empty:
-        raise ValueError(f"evaluation needs rows in every group; none in {empty}")
-    out: dict[str, float] = {}
-    for key, members in by_group.items():
-        nll = reply_nll(model, tokenizer, [messages(r) for r in members])
-        out[f"nll_{key}"] = sum(nll) / len(nll)
-        if key != "open":
-            replies = greedy_replies(model, tokenizer, [messages(r)[:1] for r in members])
-            correct = sum(reply.strip() == r["completion"].strip() for reply, r in zip(replies, members, strict=True))
-            out[f"exact_match_{key}"] = correct / len(members)
-    return {key: out[key] for key, *_ in METRICS}
+def expected_calibration_error(confidence, correct, bins: int = 10) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    total, n = 0.0, len(confidence)
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        idx = [i for i, c in enumerate(confidence) if (lo < c <= hi) or (b == 0 and c == 0)]
+        if idx:
+            acc = sum(correct[i] for i in idx) / len(idx)
+            conf = sum(confidence[i] for i in idx) / len(idx)
+            total += len(idx) / n * abs(acc - conf)
+    return total
+
+
+def distinct_in_samples(probs, valid: list[int], k: int, top_p: float, generator) -> float:
+    """Distinct valid tokens among ``k`` samples from the top-p truncated distribution."""
+    import torch
+
+    sorted_p, order = probs.sort(descending=True)
+    keep = (sorted_p.cumsum(0) - sorted_p) < top_p
+    truncated = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    draws = torch.multinomial(truncated / truncated.sum(), k, replacement=True, generator=generator)
+    return float(len(set(draws.tolist()) & set(valid)))
+
+
+def drift_kl(model, base, tokenizer, texts: list[str]) -> float:
+    """Mean KL(base || model) per next-token position over ``texts``."""
+    import torch
+
+    total, count = 0.0, 0
+    for text in texts:
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            lp_model = model(input_ids=ids).logits.float().log_softmax(-1)
+            lp_base = base(input_ids=ids).logits.float().log_softmax(-1)
+        total += float((lp_base.exp() * (lp_base - lp_model)).sum(-1).sum())
+        count += ids.shape[1]
+    return total / count
+
+
+def evaluate(model, base, tokenizer, world: World, seed: int) -> dict[str, float]:
+    """``{metric key: value}`` for ``METRICS`` of ``model`` fine-tuned from ``base`` on ``world``'s split."""
+    import torch
+
+    from ual_plugin.demo.world import heldout_pretraining_text
+
+    model.eval()
+    tid = tokenizer.convert_tokens_to_ids
+    questions = world.train_facts + world.heldout_facts
+    fp = next_token_probs(model, tokenizer, [fact_prompt(q) for q in questions])
+    right = torch.tensor([tid(world.answers[q]) for q in questions])
+    p_right = fp[torch.arange(len(questions)), right]
+    top_p, top = fp.max(-1)
+    correct = (top == right).float()
+    n_seen = len(world.train_facts)
+    op = next_token_probs(model, tokenizer, [open_prompt(c) for c in CATEGORIES])
+    gen = torch.Generator().manual_seed(seed)
+    train_mass, held_mass, distinct = [], [], []
+    for i, c in enumerate(CATEGORIES):
+        tr = [tid(m) for m in world.train_members[c]]
+        ho = [tid(m) for m in world.heldout_members[c]]
+        train_mass.append(float(op[i, tr].sum()))
+        held_mass.append(float(op[i, ho].sum()))
+        distinct.append(distinct_in_samples(op[i], tr + ho, 16, 0.9, gen))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "fact_seen_p": float(p_right[:n_seen].mean()),
+        "fact_unseen_p": float(p_right[n_seen:].mean()),
+        "fact_unseen_exact": float(correct[n_seen:].mean()),
+        "fact_ece": expected_calibration_error(top_p.tolist(), correct.tolist()),
+        "open_train_mass": mean(train_mass),
+        "open_heldout_mass": mean(held_mass),
+        "open_invalid_mass": 1.0 - mean(train_mass) - mean(held_mass),
+        "open_distinct": mean(distinct),
+        "retention_kl": drift_kl(model, base, tokenizer, heldout_pretraining_text(world)),
+    }

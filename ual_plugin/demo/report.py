@@ -1,9 +1,9 @@
-"""The demo's numbers in words: mean ± std over seeds per arm and metric, and a verdict computed from them.
+"""The demo's statistics: named primary endpoints, paired 95 % confidence intervals over seeds,
+Holm's correction across the primary endpoints, and a verdict per endpoint.
 
-Every arm is trained on the same seeds, so arms are compared seed by seed (paired). A difference
-counts as a finding only when it has the same sign on every seed *and* a two-sided paired t-test
-at the 5 % level finds it (with 3 seeds, |t| >= 4.30); anything else is reported as "no clear
-difference". One seed cannot separate two arms, and the verdict says so.
+Every arm of a seed shares that seed's data draw and base model, so arms are compared seed by seed
+(paired t). A primary endpoint "supports" UAL when its Holm-adjusted p-value is below 0.05 and UAL
+is better, "refutes" when it is below 0.05 and UAL is worse, and is "inconclusive" otherwise.
 """
 
 from __future__ import annotations
@@ -17,171 +17,142 @@ from ual_plugin.demo.evaluate import METRICS
 
 # results[arm][seed] = {metric key: value}
 Results = Mapping[str, Mapping[int, Mapping[str, float]]]
+HIGHER_IS_BETTER = {key: higher for key, _, higher in METRICS}
 
-# two-sided 5 % critical values of Student's t, by degrees of freedom
-_T_CRIT = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-           11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 20: 2.086, 30: 2.042}
-
-# the comparisons the verdict makes: (a, b) means "a against b"
-PAIRS: tuple[tuple[str, str], ...] = (("ual", "uniform"), ("ual", "sft"), ("uniform", "sft"))
-
-
-def t_critical(df: int) -> float:
-    """Two-sided 5 % critical value of Student's t with ``df`` degrees of freedom (between or beyond the
-    table's entries, the entry below: a slightly stricter test)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return _T_CRIT[max(d for d in _T_CRIT if d <= df)]
+# (metric, control arm, the question it answers): UAL against the control, named before any run
+PRIMARY: tuple[tuple[str, str, str], ...] = (
+    ("fact_unseen_p", "uniform_token", "keeps one-right-answer knowledge better than uniform smoothing at equal budget"),
+    ("fact_unseen_p", "shuffled", "... and that is the per-sample allocation, not the amount of smoothing"),
+    ("open_heldout_mass", "sft", "keeps more pre-trained open-ended answers than plain SFT"),
+    ("open_heldout_mass", "shuffled", "... and that is the allocation"),
+    ("open_invalid_mass", "uniform_token", "sends no more mass to invalid answers than uniform smoothing"),
+    ("retention_kl", "uniform_token", "drifts less from the pre-trained model than uniform smoothing"),
+    ("retention_kl", "shuffled", "... and that is the allocation"),
+)
+ALPHA = 0.05
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("no values to summarise")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta function (Lentz's method)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-14:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """Two-sided p-value of Student's t with ``df`` degrees of freedom."""
+    if math.isinf(t):
+        return 0.0
+    return _betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def t_quantile(level: float, df: int) -> float:
+    """The t with P(|T| <= t) = ``level`` (bisection on ``t_two_sided_p``)."""
+    lo, hi = 0.0, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > 1 - level else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired(a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str, float]], key: str) -> dict[str, Any]:
+    """Mean paired difference a - b over shared seeds, its 95 % CI and two-sided p (paired t)."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        raise ValueError(f"a paired comparison needs at least 2 shared seeds, got {len(seeds)}")
+    diffs = [float(a[s][key]) - float(b[s][key]) for s in seeds]
+    mean, sd, n = statistics.fmean(diffs), statistics.stdev(diffs), len(diffs)
+    se = sd / math.sqrt(n)
+    t = (math.copysign(math.inf, mean) if mean else 0.0) if se == 0 else mean / se
+    half = t_quantile(0.95, n - 1) * se
+    return {"metric": key, "n": n, "differences": diffs, "mean_difference": mean, "ci95": [mean - half, mean + half],
+            "t": t, "p": t_two_sided_p(t, n - 1) if mean or se else 1.0}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as given)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def primary_endpoints(results: Results) -> list[dict[str, Any]]:
+    """Each primary endpoint: UAL - control, 95 % CI, raw and Holm-adjusted p, and the verdict."""
+    rows = [{**paired(results["ual"], results[control], key), "control": control, "question": question}
+            for key, control, question in PRIMARY]
+    for row, p_adj in zip(rows, holm([r["p"] for r in rows]), strict=True):
+        better = row["mean_difference"] > 0 if HIGHER_IS_BETTER[row["metric"]] else row["mean_difference"] < 0
+        row["p_holm"] = p_adj
+        row["verdict"] = "inconclusive" if p_adj >= ALPHA else ("supports" if better else "refutes")
+    return rows
+
+
+def secondary(results: Results) -> list[dict[str, Any]]:
+    """UAL against every other arm on every metric (95 % CIs, no correction, no verdict)."""
+    return [{**paired(results["ual"], results[arm], key), "control": arm}
+            for arm in results if arm not in ("ual", "base") for key, _, _ in METRICS]
 
 
 def summarise(results: Results) -> dict[str, dict[str, dict[str, float]]]:
-    """``{arm: {metric: {"mean", "std", "n"}}}`` over the seeds of each arm."""
+    """``{arm: {metric: {"mean", "std", "n"}}}`` over seeds."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for arm, by_seed in results.items():
         out[arm] = {}
-        for key, *_ in METRICS:
-            mean, std = mean_std([m[key] for m in by_seed.values()])
-            out[arm][key] = {"mean": mean, "std": std, "n": len(by_seed)}
+        for key, _, _ in METRICS:
+            values = [float(m[key]) for m in by_seed.values()]
+            out[arm][key] = {"mean": statistics.fmean(values),
+                             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
     return out
 
 
-def paired_comparison(results: Results, a: str, b: str, key: str, higher_is_better: bool) -> dict[str, Any]:
-    """``a`` against ``b`` on ``key``, seed by seed: mean difference (a - b), on how many seeds ``a`` is
-    better / worse, the paired t statistic, and the outcome: "better", "worse", "no clear difference",
-    or "one seed" (nothing can be concluded)."""
-    seeds = sorted(set(results[a]) & set(results[b]))
-    if not seeds:
-        raise ValueError(f"arms {a!r} and {b!r} share no seed")
-    diffs = [float(results[a][s][key]) - float(results[b][s][key]) for s in seeds]
-    sign = 1.0 if higher_is_better else -1.0
-    better = sum(sign * d > 0 for d in diffs)
-    worse = sum(sign * d < 0 for d in diffs)
-    mean = statistics.fmean(diffs)
-    t = None
-    if len(diffs) > 1:
-        sd = statistics.stdev(diffs)
-        t = (math.copysign(math.inf, mean) if mean else 0.0) if sd == 0 else mean / (sd / math.sqrt(len(diffs)))
-    if len(diffs) < 2:
-        outcome = "one seed"
-    elif better == len(diffs) and abs(t) >= t_critical(len(diffs) - 1):
-        outcome = "better"
-    elif worse == len(diffs) and abs(t) >= t_critical(len(diffs) - 1):
-        outcome = "worse"
-    else:
-        outcome = "no clear difference"
-    return {"a": a, "b": b, "metric": key, "mean_difference": mean, "differences": diffs, "better": better,
-            "worse": worse, "seeds": len(seeds), "t": t, "outcome": outcome}
+def format_table(stats: Mapping[str, Mapping[str, Mapping[str, float]]], labels: Mapping[str, str]) -> str:
+    """Metrics as rows, arms (the base model first) as columns: mean ± std over seeds."""
+    arms = list(stats)
+    lines = ["      " + f"{'metric':<34}" + "".join(f"{labels[a]:>17}" for a in arms)]
+    for key, _meaning, higher in METRICS:
+        name = f"{key} ({'higher' if higher else 'lower'} better)"
+        cells = "".join(f"  {stats[a][key]['mean']:>8.3f}±{stats[a][key]['std']:<6.3f}" for a in arms)
+        lines.append(f"      {name:<34}{cells}")
+    return "\n".join(lines)
 
 
-def compare(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{metric: {"a_vs_b": paired_comparison(...)}}`` for every metric and every pair in ``PAIRS``."""
-    return {key: {f"{a}_vs_{b}": paired_comparison(results, a, b, key, higher) for a, b in PAIRS}
-            for key, _category, _meaning, higher in METRICS}
+def format_endpoints(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str]) -> list[str]:
+    out = []
+    for i, r in enumerate(rows, 1):
+        lo, hi = r["ci95"]
+        out.append(f"P{i} {r['metric']}, UAL - {labels[r['control']]}: {r['mean_difference']:+.4f} "
+                   f"[{lo:+.4f}, {hi:+.4f}], p={r['p']:.3g}, Holm p={r['p_holm']:.3g} -> {r['verdict'].upper()} "
+                   f"(UAL {r['question']})")
+    return out
 
 
-def _seeds(comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> int:
-    """How many seeds the comparisons paired (the same for every metric and pair)."""
-    return next(iter(next(iter(comparisons.values())).values()))["seeds"]
-
-
-def _metric_name(key: str) -> str:
-    _, category, meaning, _ = next(m for m in METRICS if m[0] == key)
-    return f"{meaning.split(' (')[0]} ({category})"
-
-
-def _judge(c: Mapping[str, Any]) -> str:
-    t = "" if c["t"] is None else f", paired t = {c['t']:.1f}"
-    if c["outcome"] in ("better", "worse"):
-        return f"{c['outcome']} on all {c['seeds']} seeds (mean diff {c['mean_difference']:+.3f}{t})"
-    if c["outcome"] == "one seed":
-        return f"one seed only (diff {c['mean_difference']:+.3f})"
-    return (f"no clear difference (better on {c['better']} of {c['seeds']} seeds, mean diff "
-            f"{c['mean_difference']:+.3f}{t})")
-
-
-def verdict(results: Results, labels: Mapping[str, str]) -> list[str]:
-    """Plain sentences, one per metric (UAL against uniform smoothing and against SFT), then the bottom
-    line on the demo's question: does per-sample smoothing beat uniform smoothing at the same mean?"""
-    comparisons = compare(results)
-    lines = []
-    found: dict[str, list[str]] = {"better": [], "worse": []}
-    for key, per_pair in comparisons.items():
-        vs_uniform, vs_sft = per_pair["ual_vs_uniform"], per_pair["ual_vs_sft"]
-        lines.append(f"{_metric_name(key)}: {labels['ual']} vs {labels['uniform']} {_judge(vs_uniform)}; "
-                     f"vs {labels['sft']} {_judge(vs_sft)}.")
-        if vs_uniform["outcome"] in found:
-            found[vs_uniform["outcome"]].append(_metric_name(key))
-    seeds = _seeds(comparisons)
-    better, worse = found["better"], found["worse"]
-    if seeds < 2:
-        bottom = ("Bottom line: one seed cannot separate the arms; run with --seeds 3 or more before reading "
-                  "anything into the differences.")
-    elif better and not worse:
-        bottom = (f"Bottom line: per-sample smoothing (UAL) beat uniform smoothing at the same mean for "
-                  f"{'; '.join(better)}; on the other metrics there is no clear difference.")
-    elif worse and not better:
-        bottom = (f"Bottom line: uniform smoothing at the same mean beat UAL for {'; '.join(worse)}, and UAL won "
-                  "on no metric: on this data, per-sample smoothing does not help beyond smoothing itself.")
-    elif better and worse:
-        bottom = (f"Bottom line: a trade-off, not a free win. Against uniform smoothing at the same mean, UAL is "
-                  f"better for {'; '.join(better)}. It is worse for {'; '.join(worse)}.")
-    else:
-        bottom = ("Bottom line: uniform label smoothing at the same mean matches UAL here: no metric separates "
-                  f"them clearly over {seeds} seeds, so any difference from SFT comes from smoothing itself, not "
-                  "from its per-sample allocation.")
-    if seeds >= 2:
-        bottom += " " + _against_sft(comparisons, labels)
-    return [*lines, bottom]
-
-
-def _against_sft(comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]], labels: Mapping[str, str]) -> str:
-    """One sentence: on which metrics either smoothed arm clearly beat plain SFT, if any."""
-    wins = []
-    for arm in ("uniform", "ual"):
-        names = [_metric_name(k) for k, per_pair in comparisons.items() if per_pair[f"{arm}_vs_sft"]["outcome"] == "better"]
-        if names:
-            wins.append(f"{labels[arm]} beat {labels['sft']} for {'; '.join(names)}")
-    if not wins:
-        return f"Neither smoothed arm clearly beat plain {labels['sft']} on any metric here."
-    return "Against plain SFT: " + ", and ".join(wins) + "."
-
-
-def format_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]], labels: Mapping[str, str]) -> str:
-    """A Markdown table: one row per metric and category, one column per arm, ``mean ± std``."""
-    arms = list(summary)
-    n = next(iter(next(iter(summary.values())).values()))["n"]
-    head = [f"held-out metric (mean ± std over {n} seeds)", *[labels[a] for a in arms]]
-    rows = []
-    for key, category, meaning, _ in METRICS:
-        cells = [f"{summary[a][key]['mean']:.3f} ± {summary[a][key]['std']:.3f}" for a in arms]
-        rows.append([f"{category}: {meaning}", *cells])
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-
-    def fmt(row: list[str]) -> str:
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        return "| " + " | ".join(cells) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([fmt(head), sep, *[fmt(r) for r in rows]])
-
-
-def headline(results: Results, labels: Mapping[str, str]) -> str:
-    """One line for the figure: how UAL does against uniform smoothing on each metric (paired over seeds)."""
-    comparisons = compare(results)
-    seeds = _seeds(comparisons)
-    if seeds < 2:
-        return f"{labels['ual']} vs {labels['uniform']}: one seed, no comparison (use 3 seeds or more)"
-    groups: dict[str, list[str]] = {}
-    for key, per_pair in comparisons.items():
-        outcome = per_pair["ual_vs_uniform"]["outcome"]
-        groups.setdefault(outcome, []).append(_metric_name(key))
-    parts = [f"{outcome} on {', '.join(names)}" for outcome, names in groups.items()]
-    return f"{labels['ual']} vs {labels['uniform']}, paired over {seeds} seeds: " + "; ".join(parts)
+def overall(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One plain sentence over the primary endpoints."""
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("supports", "refutes", "inconclusive")}
+    return (f"Of {len(rows)} primary endpoints, {counts['supports']} support UAL, {counts['refutes']} refute it and "
+            f"{counts['inconclusive']} are inconclusive (paired over seeds, Holm-corrected at 5 %).")

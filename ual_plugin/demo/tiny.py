@@ -59,6 +59,26 @@ def build_tokenizer(texts: Iterable[str] = (), vocab_size: int = 512):
     return fast
 
 
+def build_word_tokenizer(words: Iterable[str]):
+    """A word-level tokenizer (one token per whitespace-separated word) with the chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>", "</s>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "right"
+    return fast
+
+
 def build_tiny_llama(
     out_dir: str | Path,
     texts: Iterable[str] = (),
@@ -67,14 +87,15 @@ def build_tiny_llama(
     num_layers: int = 2,
     num_heads: int = 4,
     seed: int = 0,
+    tokenizer=None,
 ) -> Path:
-    """Save a randomly initialised tiny LlamaForCausalLM and its tokenizer to ``out_dir``."""
+    """Save a randomly initialised tiny LlamaForCausalLM and its tokenizer (BPE on ``texts`` unless given)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size) if tokenizer is None else tokenizer
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
