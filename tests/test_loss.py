@@ -180,3 +180,26 @@ def test_reduction_none_supports_repeated_backward():
     second = torch.autograd.grad(out.sum(), [hidden, weight])
     for a, b in zip(first, second, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def entropy_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Sum over non-ignored targets of the entropy of softmax(logits), in float64."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    return (-(logp.exp() * logp).sum(-1) * (targets != ignore_index)).sum()
+
+
+@pytest.mark.parametrize("skip_ignored", [True, False])
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_linear_entropy_stat_matches_softmax_entropy(softcap, skip_ignored):
+    hidden, weight, bias, targets, eps = make_case(seed=6, with_bias=True)
+    stats: dict = {}
+    out = linear_smoothed_cross_entropy(hidden, weight, targets, eps, bias=bias, softcap=softcap, logit_scale=0.5,
+                                        chunk_size=9, stats=stats, entropy=True, skip_ignored=skip_ignored)
+    logits = (hidden @ weight.t() + bias) * 0.5
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    torch.testing.assert_close(stats["entropy_sum"].double(), entropy_reference(logits, targets), rtol=1e-5, atol=1e-5)
+    # asking for the entropy changes neither the loss nor its gradients
+    again = linear_smoothed_cross_entropy(hidden, weight, targets, eps, bias=bias, softcap=softcap, logit_scale=0.5,
+                                          chunk_size=9, skip_ignored=skip_ignored)
+    torch.testing.assert_close(out, again, rtol=0, atol=0)

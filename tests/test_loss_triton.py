@@ -242,3 +242,30 @@ def test_kernel_choice(monkeypatch):
     assert default_chunk_size(8192, 256000, cuda, "triton", 2) == 1024
     assert default_chunk_size(100, 32000, cuda, "triton", 2) == 100
     assert default_chunk_size(8192, 32000, cpu, "torch", 4) == 524  # CPU: 64 MiB of fp32 logits
+
+
+@pytest.mark.parametrize("vocab", [200, 256])  # a masked tail, and whole slices only
+@pytest.mark.parametrize("softcap", [None, 4.0])
+def test_triton_entropy_matches_the_torch_kernel(vocab, softcap):
+    from tests.test_loss import entropy_reference
+
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(10, 16, generator=g) * 2
+    weight = torch.randn(vocab, 16, generator=g)
+    targets = torch.randint(0, vocab, (10,), generator=g)
+    targets[2] = -100
+    eps = torch.rand(10, generator=g) * 0.3
+    hidden, weight, targets, eps = (t.to(DEVICE) for t in (hidden, weight, targets, eps))
+    results = {}
+    for kernel in ("triton", "torch"):
+        stats: dict = {}
+        loss = linear_smoothed_cross_entropy(hidden, weight, targets, eps, softcap=softcap, chunk_size=4,
+                                             stats=stats, entropy=True, kernel=kernel, skip_ignored=False)
+        results[kernel] = (loss, stats["entropy_sum"])
+    logits = hidden @ weight.t()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    want = entropy_reference(logits, targets).float()
+    torch.testing.assert_close(results["triton"][1], want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(results["torch"][1], want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], rtol=1e-5, atol=1e-6)

@@ -165,11 +165,12 @@ class _HeadCall:
         stats: dict[str, Any] = {}
         total = linear_smoothed_cross_entropy(
             hidden, head.weight, self.targets, eps, bias=head.bias, reduction="sum",
-            softcap=self.softcap, logit_scale=self.logit_scale, stats=stats,
+            softcap=self.softcap, logit_scale=self.logit_scale, stats=stats, entropy=True,
         )
         _add(
             self.request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(),
             n_correct=torch.as_tensor(stats.get("n_correct", 0), device=hidden.device),
+            entropy_sum=torch.as_tensor(stats.get("entropy_sum", 0.0), device=hidden.device),
         )
         if self.request.plain_nll:
             with torch.no_grad():
@@ -356,7 +357,10 @@ def _trl_fused_forward(lm, request: UALRequest, args: tuple, kwargs: dict, label
     total = -outputs.log_probs.float().sum() + (eps * correction * mask).sum()
     is_top1 = getattr(outputs, "is_top1", None)
     n_correct = (is_top1 & mask).sum() if is_top1 is not None else torch.zeros((), device=total.device)
-    _add(request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(), n_correct=n_correct)
+    entropy = getattr(outputs, "entropy", None)
+    entropy_sum = (entropy.detach().float() * mask).sum() if entropy is not None else torch.zeros((), device=total.device)
+    _add(request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(), n_correct=n_correct,
+         entropy_sum=entropy_sum)
     outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
     return outputs
 

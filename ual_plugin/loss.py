@@ -221,6 +221,7 @@ class _Plan:
     compute_dtype: torch.dtype
     accum_dtype: torch.dtype
     skip_ignored: bool
+    entropy: bool = False
 
 
 def _torch_rows_(
@@ -231,9 +232,11 @@ def _torch_rows_(
     wc: torch.Tensor | None,
     softcap: float | None,
     logit_scale: float,
+    entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The torch kernel on one chunk: per-row losses, top-1 flags and (with ``wc``) the gradient of
-    ``sum(wc * loss)`` with respect to the raw logits, computed in float32 in ``z``."""
+    ``sum(wc * loss)`` with respect to the raw logits, computed in float32 in ``z``; with ``entropy``
+    also each row's predictive entropy, written there."""
     vocab = raw.shape[1]
     if z is not raw:
         z.copy_(raw)
@@ -249,6 +252,9 @@ def _torch_rows_(
     top1 = z_y >= z_max.squeeze(1)
     z.sub_(z_max).exp_()  # z now holds exp(z - max): unnormalised probabilities
     sum_exp = z.sum(dim=-1)
+    if entropy is not None:  # H = log S - sum(u log u) / S with u = exp(z - max), S = sum(u)
+        u_log_u = torch.cat([torch.xlogy(part, part).sum(dim=-1) for part in z.split(_ENTROPY_ROWS)])
+        entropy.copy_(sum_exp.log() - u_log_u / sum_exp)
     losses = z_max.squeeze(1) + sum_exp.log() - (1.0 - ec) * z_y - ec * z_mean
     if wc is None:
         return losses, top1, None
@@ -260,6 +266,9 @@ def _torch_rows_(
     if logit_scale != 1.0:
         z.mul_(logit_scale)
     return losses, top1, z
+
+
+_ENTROPY_ROWS = 64  # rows per temporary of the entropy's u * log(u)
 
 
 def _add_weight_grad_(grad_w: torch.Tensor, dz: torch.Tensor, hc: torch.Tensor) -> None:
@@ -287,6 +296,7 @@ def _chunk_pass(
     plan: _Plan,
     chunk_size: int,
     top1: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]:
     """Per-token losses of the rows ``rows`` of ``h_all`` (all rows when None) and, when
     ``row_weight`` is given, the gradients of sum(row_weight * loss) that ``want`` asks for:
@@ -338,12 +348,14 @@ def _chunk_pass(
             torch.addmm(b_c, hc, w_c.t(), out=raw)
         else:
             torch.mm(hc, w_c.t(), out=raw)
+        ent = None if entropy is None else entropy[start:stop]
         if plan.kernel == "triton":
-            losses[start:stop], flags = smoothed_ce_rows_(raw, tc, ec, wc, plan.logit_scale, plan.softcap)
+            losses[start:stop], flags = smoothed_ce_rows_(raw, tc, ec, wc, plan.logit_scale, plan.softcap,
+                                                          entropy=ent)
             dz = raw
         else:
             losses[start:stop], flags, dz = _torch_rows_(raw, z_buf[: stop - start], tc, ec, wc, plan.softcap,
-                                                         plan.logit_scale)
+                                                         plan.logit_scale, ent)
             if dz is not None and dz.dtype != cdt:
                 dz = raw.copy_(dz)  # the raw logits are no longer needed: reuse their buffer
         if top1 is not None:
@@ -420,13 +432,17 @@ class _LinearSmoothedCE(torch.autograd.Function):
             if plan.reduction == "mean":
                 row_weight = row_weight / denom
         top1 = torch.empty(t.numel(), dtype=torch.bool, device=device) if stats is not None else None
+        entropy = torch.empty(t.numel(), dtype=torch.float32, device=device) if plan.entropy else None
         with _autocast_off(device):
-            losses, grads = _chunk_pass(h_all, rows, weight, bias, t, e, row_weight, want, plan, chunk, top1)
+            losses, grads = _chunk_pass(h_all, rows, weight, bias, t, e, row_weight, want, plan, chunk, top1,
+                                        entropy)
         if mask is not None:
             losses = losses.masked_fill_(~mask, 0.0)
         if stats is not None:
             stats["n_tokens"] = count
             stats["n_correct"] = (top1 if mask is None else top1 & mask).sum()
+            if entropy is not None:
+                stats["entropy_sum"] = (entropy if mask is None else entropy * mask).sum()
 
         ctx.plan = plan
         ctx.hidden_shape = hidden.shape
@@ -495,6 +511,7 @@ def linear_smoothed_cross_entropy(
     kernel: str | None = None,
     accum_dtype: torch.dtype | None = None,
     skip_ignored: bool | None = None,
+    entropy: bool = False,
 ) -> torch.Tensor:
     """``smoothed_cross_entropy(hidden @ weight.T + bias, ...)`` without materialising [N, V] logits.
 
@@ -511,7 +528,8 @@ def linear_smoothed_cross_entropy(
     first so ignored ones cost nothing (default on CPU only: it needs one host sync); otherwise
     ignored rows run with weight 0 and the call makes no host sync.
     Pass a dict as ``stats`` to receive ``n_tokens`` (non-ignored targets) and ``n_correct``
-    (targets that are the top-1 logit), both as 0-dim tensors on the device.
+    (targets that are the top-1 logit), both as 0-dim tensors on the device; with ``entropy=True``
+    also ``entropy_sum``, the predictive distributions' entropies summed over those targets.
     Gradients are computed during the forward pass (for "mean" and "sum"): one backward per call.
     """
     _check_reduction(reduction)
@@ -533,6 +551,7 @@ def linear_smoothed_cross_entropy(
         compute_dtype=compute_dtype_for(hidden, weight),
         accum_dtype=accum_dtype or torch.float32,
         skip_ignored=hidden.device.type == "cpu" if skip_ignored is None else bool(skip_ignored),
+        entropy=bool(entropy) and stats is not None,
     )
     eps = _smoothing_vector(smoothing, targets)
     return _LinearSmoothedCE.apply(hidden, weight, bias, targets, eps, plan, stats)

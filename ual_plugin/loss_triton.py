@@ -60,6 +60,16 @@ def _online_update(z, m, d):
 
 
 @triton.jit
+def _online_update_entropy(z, zv, m, d, s):
+    """``_online_update`` that also folds sum(exp(z - max) * z) for the entropy; ``zv`` is ``z`` with
+    masked lanes at 0 instead of -inf (their weight exp(-inf) is 0 either way)."""
+    m_new = tl.maximum(m, tl.max(z, axis=0))
+    rescale = tl.exp(m - m_new)
+    e = tl.exp(z - m_new)
+    return m_new, d * rescale + tl.sum(e, axis=0), s * rescale + tl.sum(e * zv, axis=0)
+
+
+@triton.jit
 def _capped(z, softcap, HAS_SOFTCAP: tl.constexpr):
     """softcap * tanh(z / softcap), tanh written with sigmoid (available on every backend)."""
     if HAS_SOFTCAP:
@@ -89,6 +99,7 @@ def _ual_rows_kernel(
     rw_ptr,
     loss_ptr,
     top1_ptr,
+    ent_ptr,
     V,
     V_body,
     inv_v,
@@ -98,6 +109,7 @@ def _ual_rows_kernel(
     WANT_GRAD: tl.constexpr,
     HAS_TAIL: tl.constexpr,
     BLOCK_V: tl.constexpr,
+    WANT_ENTROPY: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     base = z_ptr + row * z_stride
@@ -110,22 +122,31 @@ def _ual_rows_kernel(
 
     m = -float("inf")
     d = 0.0
+    s = 0.0  # sum of exp(z - m) * z, for the entropy
     z_sum = 0.0
     for off in range(0, V_body, BLOCK_V):  # whole slices: no mask, 16-byte accesses
         z = _capped(tl.load(base + off + arange).to(tl.float32) * scale, softcap, HAS_SOFTCAP)
         z_sum += tl.sum(z, axis=0)
-        m, d = _online_update(z, m, d)
+        if WANT_ENTROPY:
+            m, d, s = _online_update_entropy(z, z, m, d, s)
+        else:
+            m, d = _online_update(z, m, d)
     if HAS_TAIL:
         cols = V_body + arange
         mask = cols < V
         z = _capped(tl.load(base + cols, mask=mask, other=0.0).to(tl.float32) * scale, softcap, HAS_SOFTCAP)
         z_sum += tl.sum(z, axis=0)  # masked lanes loaded as 0 and stay 0 under scale and softcap
-        m, d = _online_update(tl.where(mask, z, -float("inf")), m, d)
+        if WANT_ENTROPY:
+            m, d, s = _online_update_entropy(tl.where(mask, z, -float("inf")), z, m, d, s)
+        else:
+            m, d = _online_update(tl.where(mask, z, -float("inf")), m, d)
 
     z_y = _capped(z_y_raw.to(tl.float32) * scale, softcap, HAS_SOFTCAP)
     lse = m + tl.log(d)
     tl.store(loss_ptr + row, lse - (1.0 - e) * z_y - e * z_sum * inv_v)
     tl.store(top1_ptr + row, (z_y >= m).to(tl.int8))
+    if WANT_ENTROPY:  # H = lse - E_p[z]
+        tl.store(ent_ptr + row, lse - s / d)
 
     if WANT_GRAD:
         w = tl.load(rw_ptr + row)
@@ -170,14 +191,16 @@ def kernel_args(
     logit_scale: float,
     softcap: float | None,
     block_v: int,
+    entropy: torch.Tensor | None = None,
 ) -> tuple[tuple, dict]:
     """Positional arguments and constexpr flags of ``_ual_rows_kernel`` for one launch."""
     vocab = logits.shape[1]
     body = vocab // block_v * block_v
     args = (logits, logits.stride(0), targets, eps, eps if row_weight is None else row_weight, losses, top1,
-            vocab, body, 1.0 / vocab, float(logit_scale), float(softcap) if softcap is not None else 1.0)
+            losses if entropy is None else entropy, vocab, body, 1.0 / vocab, float(logit_scale),
+            float(softcap) if softcap is not None else 1.0)
     flags = dict(HAS_SOFTCAP=softcap is not None, WANT_GRAD=row_weight is not None, HAS_TAIL=body < vocab,
-                 BLOCK_V=block_v)
+                 BLOCK_V=block_v, WANT_ENTROPY=entropy is not None)
     return args, flags
 
 
@@ -190,8 +213,10 @@ def smoothed_ce_rows_(
     softcap: float | None = None,
     block_v: int | None = None,
     num_warps: int | None = None,
+    entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row UAL loss (float32) and top-1 flags (bool) of ``logits`` [rows, V] (raw head output).
+    """Per-row UAL loss (float32) and top-1 flags (bool) of ``logits`` [rows, V] (raw head output);
+    with ``entropy`` (float32 [rows]) also each row's predictive entropy, written there.
 
     With ``row_weight`` [rows] the rows of ``logits`` are overwritten, in their own dtype, by the
     gradient of ``sum(row_weight * loss)`` with respect to them. targets must be valid class ids.
@@ -214,7 +239,7 @@ def smoothed_ce_rows_(
     warps = num_warps or warps
     args, flags = kernel_args(logits, targets.contiguous(), eps.contiguous(),
                               None if row_weight is None else row_weight.contiguous(), losses, top1,
-                              logit_scale, softcap, block)
+                              logit_scale, softcap, block, entropy)
     with on_device_of(logits):
         _ual_rows_kernel[(rows,)](*args, **flags, num_warps=warps)
     return losses, top1.bool()

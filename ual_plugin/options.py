@@ -13,7 +13,7 @@ from typing import Any
 
 from ual_plugin.mapping import ALPHA_UNITS, DEFAULT_ALPHA, DEFAULT_ALPHA_PER, DEFAULT_V_MAX, _check_alpha
 
-DEFAULT_PPL_WINDOW = 512
+DEFAULT_PPL_WINDOW = 64
 UAL_MODES = ("column", "ppl", "uniform")
 UAL_LOSS_BACKENDS = ("auto", "chunked", "trl_fused")
 
@@ -47,7 +47,7 @@ class UALOptions:
         default=DEFAULT_PPL_WINDOW,
         metadata={
             "help": "PPL mode: the running mean perplexity weights samples down by 1/e every this many samples, so "
-            "it follows the model and the mean smoothing stays near ual_alpha; 0 = the plain average over all "
+            "it follows the model and the mean smoothing stays closer to ual_alpha; 0 = the plain average over all "
             "history (the paper's; the smoothing then decays as training lowers the perplexities)."
         },
     )

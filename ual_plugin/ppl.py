@@ -5,11 +5,11 @@
 ``ppl_i`` is exp(mean next-token NLL over the sample's label tokens), computed without gradient.
 ``running_mean_ppl`` averages the training samples' perplexities seen so far (on every process),
 the current batch included, so the very first batch is compared with its own mean:
-- ``window=N`` (the default, N = 512): an exponentially weighted mean whose weights fall by 1/e
+- ``window=N`` (the default, N = 64): an exponentially weighted mean whose weights fall by 1/e
   every N samples, so it follows the model as its perplexities fall and the mean smoothing stays
-  near alpha;
+  much closer to alpha;
 - ``window=0``: the plain average over all history (the paper's "historical average PPL"). Early,
-  high perplexities then dominate it and the smoothing decays as training lowers them.
+  high perplexities then dominate it and the smoothing fades as training lowers them.
 Evaluation batches use the training mean and never change it. Perplexities are capped at exp(30)
 so one degenerate sample cannot overflow the average.
 """

@@ -31,7 +31,7 @@ LOG = logging.getLogger("ual_plugin")
 
 
 class SmoothingWindow:
-    """Per-mode running sums (smoothing, label tokens, top-1 hits, unsmoothed NLL) between two log calls.
+    """Per-mode running sums (smoothing, label tokens, top-1 hits, unsmoothed NLL, entropy) between two log calls.
 
     Kept on the device, so a training step adds no host sync; summed over processes only when
     read, from ``Trainer.log``, which every rank calls.
@@ -41,24 +41,26 @@ class SmoothingWindow:
         self._sums: dict[str, torch.Tensor] = {}
 
     def add(self, mode: str, stats: dict[str, torch.Tensor]) -> None:
-        nll = stats.get("nll_sum", torch.zeros((), device=stats["n_tokens"].device))
+        device = stats["n_tokens"].device
+        zero = torch.zeros((), device=device)
         values = torch.stack([stats["smoothing_sum"].double(), stats["n_tokens"].double(),
-                              stats["n_correct"].double(), nll.double().to(stats["n_tokens"].device)])
+                              stats["n_correct"].double(), stats.get("nll_sum", zero).double().to(device),
+                              stats.get("entropy_sum", zero).double().to(device)])
         current = self._sums.get(mode)
         self._sums[mode] = values if current is None else current + values.to(current.device)
 
     def pop(self, mode: str, accelerator: Any = None) -> dict[str, float]:
-        """{'ual_smoothing', 'mean_token_accuracy'} over the window, plus 'nll' (the unsmoothed loss per
-        label token, comparable with a plain-SFT run's loss) in evaluation; empty if no tokens."""
+        """{'ual_smoothing', 'mean_token_accuracy', 'entropy'} per label token over the window, plus 'nll'
+        (the unsmoothed loss, comparable with a plain-SFT run's loss) in evaluation; empty if no tokens."""
         sums = self._sums.pop(mode, None)
         if sums is None:
-            sums = torch.zeros(4, dtype=torch.float64)
+            sums = torch.zeros(5, dtype=torch.float64)
         if accelerator is not None and accelerator.num_processes > 1:
             sums = accelerator.reduce(sums.to(accelerator.device), "sum")
-        total, count, correct, nll = (float(x) for x in sums)
+        total, count, correct, nll, entropy = (float(x) for x in sums)
         if count <= 0:
             return {}
-        metrics = {"ual_smoothing": total / count, "mean_token_accuracy": correct / count}
+        metrics = {"ual_smoothing": total / count, "mean_token_accuracy": correct / count, "entropy": entropy / count}
         if mode == "eval":
             metrics["nll"] = nll / count
         return metrics

@@ -409,6 +409,12 @@ def test_eval_logs_the_unsmoothed_nll_next_to_the_loss(tiny_model_dir, tmp_path)
     smoothed = trainer(tiny_model_dir, ds, tmp_path / "s", ual_alpha=0.4, per_device_eval_batch_size=4)
     metrics_s = smoothed.evaluate(ds)
     assert metrics_s["eval_nll"] == pytest.approx(metrics["eval_nll"], rel=1e-5)  # same model, same NLL
+    # TRL's own entropy and accuracy metrics, as stock SFTTrainer computes them
+    stock = trainer(tiny_model_dir, ds, tmp_path / "t", ual=False, loss_type="nll", per_device_eval_batch_size=4)
+    metrics_t = stock.evaluate(ds)
+    assert metrics["eval_entropy"] == pytest.approx(metrics_t["eval_entropy"], rel=1e-4)
+    assert metrics["eval_mean_token_accuracy"] == pytest.approx(metrics_t["eval_mean_token_accuracy"], abs=1e-6)
+    assert metrics["eval_loss"] == pytest.approx(metrics_t["eval_loss"], rel=1e-5)
     assert metrics_s["eval_loss"] != pytest.approx(metrics_s["eval_nll"], rel=1e-4)  # the smoothed loss differs
 
 
