@@ -35,10 +35,11 @@ def _ends_mid_line(path: Path) -> bool:
 
 
 class ScoreCache:
-    """Replies and batch records, loaded from ``path`` and appended to as they come (None: in memory)."""
+    """Replies and batch records, loaded from ``path`` and appended to as they come (None: in memory;
+    ``write=False``: read from ``path`` but kept in memory, as on the non-first processes of a launch)."""
 
-    def __init__(self, path: str | os.PathLike | None, fsync: bool = True) -> None:
-        self.path, self.fsync = (Path(path) if path is not None else None), fsync
+    def __init__(self, path: str | os.PathLike | None, fsync: bool = True, write: bool = True) -> None:
+        self.path, self.fsync, self.write = (Path(path) if path is not None else None), fsync, write
         self.replies: dict[str, dict[int, dict]] = {}
         self.failures: dict[str, dict[int, str]] = {}  # key -> reply slot -> why it failed
         self.batches: dict[str, dict] = {}  # batch id (or input file id while pending) -> latest record
@@ -96,7 +97,7 @@ class ScoreCache:
         line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
         with self._lock:
             self._absorb(rec)
-            if self.path is None:
+            if self.path is None or not self.write:
                 return
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

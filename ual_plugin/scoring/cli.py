@@ -8,6 +8,7 @@ batch is still pending; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
-    for line in result.summary_lines():
-        print(redactor.redact(line), flush=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch the first process reports
+        for line in result.summary_lines():
+            print(redactor.redact(line), flush=True)
     return result.exit_code

@@ -131,16 +131,20 @@ def score(data: Any, output: str | os.PathLike | None = None, options: ScoreOpti
             raise ValueError("--scorer ppl needs --model PATH (a local causal LM folder)")
         scorer_name = f"ppl:{opts.model}"
         keys = [make_key("ppl", model_fingerprint(opts.model), opts.max_length, c) for c in convs]
+    world, first = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")) == 0
+    if world > 1 and opts.scorer != "ppl":
+        raise ValueError(f"only --scorer ppl runs on several processes; this launch has {world} (run the API "
+                         "scorer as one process and raise --concurrency instead)")
     first_row: dict[str, int] = {}
     for i, k in enumerate(keys):
         first_row.setdefault(k, i)
     cache_path = formats.sidecar_path(output) if opts.cache_path is None and output is not None else opts.cache_path
-    with ScoreCache(cache_path or None) as cache:
+    with ScoreCache(cache_path or None, write=first) as cache:  # under a launch, only the first process writes
         done = {k for k in first_row if cache.score(k, samples, opts.min_samples) is not None}
         todo = [k for k in first_row if k not in done]
         result = ScoreResult(values=[], layout=layout, field=opts.field, n_rows=len(keys), n_unique=len(first_row),
                              n_cached_rows=sum(k in done for k in keys), failed_rows={}, stats=RunStats(),
-                             scorer=scorer_name, output=Path(output) if output is not None else None,
+                             scorer=scorer_name, output=Path(output) if output is not None and first else None,
                              loaded=loaded, samples=samples)
         t0 = time.monotonic()
         if opts.scorer == "openai":
@@ -167,7 +171,7 @@ def score(data: Any, output: str | os.PathLike | None = None, options: ScoreOpti
             if v is None:
                 result.failed_rows[i] = result.stats.failures.get(k) or cache.failure(k) or (
                     "not sent: the run stopped early" if result.fatal else "pending in a batch")
-        if output is not None and not result.fatal and not result.pending_batches:
+        if result.output is not None and not result.fatal and not result.pending_batches:
             try:
                 formats.write_output(output, result.dataset())
             except Exception as err:

@@ -1,7 +1,9 @@
 """``--scorer ppl``: uncertainty = the response's perplexity under a local causal LM (no API).
 
 exp(mean next-token NLL) over the response tokens only (every assistant turn; the whole text for the
-``text`` layout), computed by the training code's own functions. The scale is perplexity (>= 1).
+``text`` layout), computed by the training code's own chunked head (never the ``[tokens, vocab]``
+logits). The scale is perplexity (>= 1). Under ``torchrun`` / ``accelerate launch`` each process
+scores its share of the batches and the first process writes every result to the one cache.
 """
 
 from __future__ import annotations
@@ -80,30 +82,44 @@ def model_fingerprint(path: str) -> str:
 
 
 def response_perplexities(model: Any, batch: Sequence[Encoded], pad_id: int) -> list[float]:
-    """exp(mean NLL) over each sample's response targets, for one right-padded batch (no grad), through
-    training's :func:`~ual_plugin.loss.token_nll_and_margin` and :func:`~ual_plugin.ppl.per_sample_ppl`."""
+    """exp(mean NLL) over each sample's response targets, for one right-padded batch (no grad): the
+    backbone's hidden states through :func:`~ual_plugin.loss.linear_smoothed_cross_entropy` (chunked)."""
     import torch
 
-    from ual_plugin.loss import token_nll_and_margin
+    from ual_plugin.causal_lm import logit_transform
+    from ual_plugin.loss import linear_smoothed_cross_entropy
     from ual_plugin.ppl import per_sample_ppl
 
     device = next(model.parameters()).device
     width = max(len(e.ids) for e in batch)
-    ids = torch.tensor([e.ids + [pad_id] * (width - len(e.ids)) for e in batch])
-    attn = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in batch])
-    nlls, segments, masks = [], [], []
+    ids = torch.tensor([e.ids + [pad_id] * (width - len(e.ids)) for e in batch], device=device)
+    attn = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in batch], device=device)
+    # the hidden state at position t predicts token t + 1; prompt tokens and padding are ignored targets
+    targets = torch.tensor([[t if keep else -100 for t, keep in zip(e.ids[1:], e.targets[1:], strict=True)]
+                            + [-100] * (width - len(e.ids) + 1) for e in batch], device=device)
+    head = model.get_output_embeddings()
+    softcap, scale = logit_transform(model)
     with torch.no_grad():
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
-        for b, e in enumerate(batch):  # one sample at a time: no float32 copy of the whole [B, T, V]
-            # the logits at position t predict token t + 1; prompt tokens are ignored targets
-            targets = torch.tensor([t if keep else -100 for t, keep in zip(e.ids[1:], e.targets[1:], strict=True)],
-                                   device=logits.device)
-            nll, _, valid = token_nll_and_margin(logits[b, : len(e.ids) - 1], targets)
-            nlls.append(nll)
-            masks.append(valid)
-            segments.append(torch.full_like(targets, b))
-        ppl, _ = per_sample_ppl(torch.cat(nlls), torch.cat(segments), torch.cat(masks))
+        hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
+        nll = linear_smoothed_cross_entropy(hidden, head.weight, targets, 0.0, bias=getattr(head, "bias", None),
+                                            reduction="none", softcap=softcap, logit_scale=scale)
+        segments = torch.arange(len(batch), device=device)[:, None].expand_as(targets)
+        ppl, _ = per_sample_ppl(nll.float().reshape(-1), segments.reshape(-1), (targets != -100).reshape(-1))
     return [float(x) for x in ppl.double()]
+
+
+def launch_state() -> Any:
+    """accelerate's ``PartialState`` when started by ``torchrun`` / ``accelerate launch`` with several
+    processes, else None (one process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    try:
+        from accelerate import PartialState
+    except ImportError as err:
+        raise RuntimeError("--scorer ppl on several processes needs accelerate (pip install accelerate)") from err
+    state = PartialState()
+    state.wait_for_everyone()  # every process has read the cache before the first one writes to it
+    return state
 
 
 def load_model(path: str, device: str | None = None) -> tuple[Any, Any]:
@@ -120,11 +136,19 @@ def load_model(path: str, device: str | None = None) -> tuple[Any, Any]:
 
 def score_ppl(jobs: Sequence[tuple[str, Sequence[dict[str, str]]]], opts: Any, cache: ScoreCache,
               scorer_name: str) -> RunStats:
-    """Perplexity of every ``(key, conversation)`` job, appended to ``cache`` batch by batch."""
+    """Perplexity of every ``(key, conversation)`` job, appended to ``cache`` batch by batch.
+
+    On several processes every one sees the same jobs (the cache was read before any of them wrote),
+    scores batches ``rank, rank + world, ...`` and, after each round, every process gets the round's
+    results; the cache on the first process is the only one that writes them.
+    """
     from tqdm.auto import tqdm
 
+    state = launch_state()
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    device = opts.device if state is None or opts.device not in (None, "auto") else str(state.device)
     stats = RunStats()
-    model, tok = load_model(opts.model, opts.device)
+    model, tok = load_model(opts.model, device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     encoded: list[tuple[str, Encoded]] = []
     for key, conv in jobs:
@@ -137,15 +161,21 @@ def score_ppl(jobs: Sequence[tuple[str, Sequence[dict[str, str]]]], opts: Any, c
         cache.add_failure(key, 0, stats.failures[key], scorer=scorer_name)
     encoded.sort(key=lambda kv: len(kv[1].ids))  # similar lengths per batch: less padding
     size = opts.ppl_batch_size
-    with tqdm(total=len(encoded), unit="sample", desc="perplexity", disable=not opts.show_progress,
+    batches = [encoded[start: start + size] for start in range(0, len(encoded), size)]
+    with tqdm(total=len(encoded), unit="sample", desc="perplexity", disable=not opts.show_progress or rank != 0,
               dynamic_ncols=True) as bar:
-        for start in range(0, len(encoded), size):
-            chunk = encoded[start: start + size]
-            for (key, enc), ppl in zip(chunk, response_perplexities(model, [e for _, e in chunk], pad_id),
-                                       strict=True):
+        for first in range(0, len(batches), world):
+            mine = batches[first + rank] if first + rank < len(batches) else []
+            done = [(key, ppl, len(enc.ids), sum(enc.targets)) for (key, enc), ppl in
+                    zip(mine, response_perplexities(model, [e for _, e in mine], pad_id) if mine else [], strict=True)]
+            if state is not None:
+                from accelerate.utils import gather_object
+
+                done = gather_object(done)
+            for key, ppl, n_tokens, n_response in done:
                 stats.replies += 1
-                stats.tokens_in += len(enc.ids)
+                stats.tokens_in += n_tokens
                 cache.add_reply(key, 0, score=ppl, scorer=scorer_name, model=opts.model,
-                                n_tokens=len(enc.ids), n_response_tokens=sum(enc.targets))
-            bar.update(len(chunk))
+                                n_tokens=n_tokens, n_response_tokens=n_response)
+            bar.update(len(done))
     return stats
