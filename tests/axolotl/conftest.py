@@ -17,7 +17,10 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+from tests.axolotl.cpu_shim.sitecustomize import install as install_cpu_shim  # noqa: E402
 from tests.axolotl.helpers import Workspace, make_workspace  # noqa: E402
+
+install_cpu_shim()
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,11 @@ from typing import Any
 import yaml
 
 from tests.ports import free_port
-from ual_plugin.axolotl.demo import parse_metrics
+from ual_plugin.demo.axolotl_run import parse_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = "ual_plugin.axolotl.UALPlugin"
+CPU_SHIM = Path(__file__).with_name("cpu_shim")  # Axolotl < 0.19 on a CPU-only torch, see its sitecustomize
 
 USERS = [
     "What is {a} plus {b}?",
@@ -81,12 +82,12 @@ def write_jsonl(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def cli_env(tmp: Path) -> dict[str, str]:
-    """The demo's offline environment, plus a per-test datasets cache and this checkout on PYTHONPATH."""
-    from ual_plugin.axolotl.demo import demo_env
+    """The demo's offline environment, plus a per-test datasets cache, this checkout and the CPU shim on PYTHONPATH."""
+    from ual_plugin.demo.axolotl_run import demo_env
 
     env = demo_env()
     env["HF_DATASETS_CACHE"] = str(tmp / "hf_datasets_cache")
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(CPU_SHIM), env.get("PYTHONPATH", "")])
     return env
 
 

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("axolotl")
 
-from tests.axolotl.helpers import REPO_ROOT, run_cli  # noqa: E402
+from tests.axolotl.helpers import CPU_SHIM, REPO_ROOT, run_cli  # noqa: E402
 from ual_plugin.axolotl.compat import ALLOW_UNTESTED_ENV  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.axolotl]
@@ -49,7 +49,7 @@ def newer_axolotl(workspace):
     info = path / "axolotl-0.21.0.dist-info"
     info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: axolotl\nVersion: 0.21.0\n", encoding="utf-8")
-    return {"PYTHONPATH": os.pathsep.join([str(path), str(REPO_ROOT)])}
+    return {"PYTHONPATH": os.pathsep.join([str(path), str(REPO_ROOT), str(CPU_SHIM)])}
 
 
 def test_newer_axolotl_with_the_opt_in_and_intact_internals_trains_ual(workspace, newer_axolotl):
