@@ -44,6 +44,8 @@ class UALRequest:
     leave it in ``outputs.aux_loss`` for the trainer to weight (False). ``keep_logits``: return the
     full logits (evaluation with metrics, ``predict``) instead of the last position's.
     ``plain_nll``: also put the summed unsmoothed NLL in ``stats`` (an extra no-grad pass; evaluation).
+    ``entropy``: also put the predictive entropy summed over label tokens in ``stats`` (``entropy_sum``,
+    with ``entropy_tokens``).
     """
 
     smoothing: torch.Tensor | None = None
@@ -53,6 +55,7 @@ class UALRequest:
     router_aux: bool = True
     keep_logits: bool = False
     plain_nll: bool = False
+    entropy: bool = False
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     _head: _HeadCall | None = None
 
@@ -165,13 +168,14 @@ class _HeadCall:
         stats: dict[str, Any] = {}
         total = linear_smoothed_cross_entropy(
             hidden, head.weight, self.targets, eps, bias=head.bias, reduction="sum",
-            softcap=self.softcap, logit_scale=self.logit_scale, stats=stats, entropy=True,
+            softcap=self.softcap, logit_scale=self.logit_scale, stats=stats, entropy=self.request.entropy,
         )
         _add(
             self.request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(),
             n_correct=torch.as_tensor(stats.get("n_correct", 0), device=hidden.device),
-            entropy_sum=torch.as_tensor(stats.get("entropy_sum", 0.0), device=hidden.device),
         )
+        if self.request.entropy:
+            _add(self.request.stats, entropy_sum=stats["entropy_sum"], entropy_tokens=mask.sum())
         if self.request.plain_nll:
             with torch.no_grad():
                 bias = None if head.bias is None else head.bias.detach()
@@ -357,10 +361,10 @@ def _trl_fused_forward(lm, request: UALRequest, args: tuple, kwargs: dict, label
     total = -outputs.log_probs.float().sum() + (eps * correction * mask).sum()
     is_top1 = getattr(outputs, "is_top1", None)
     n_correct = (is_top1 & mask).sum() if is_top1 is not None else torch.zeros((), device=total.device)
+    _add(request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(), n_correct=n_correct)
     entropy = getattr(outputs, "entropy", None)
-    entropy_sum = (entropy.detach().float() * mask).sum() if entropy is not None else torch.zeros((), device=total.device)
-    _add(request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(), n_correct=n_correct,
-         entropy_sum=entropy_sum)
+    if request.entropy and entropy is not None:  # TRL's fused head computes it anyway
+        _add(request.stats, entropy_sum=(entropy.detach().float() * mask).sum(), entropy_tokens=mask.sum())
     outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
     return outputs
 

@@ -15,6 +15,9 @@ import numpy as np
 import torch
 
 TOKEN_COLUMN = "ual_smoothing"
+# One float32 smoothing value per sample, which the TRL collator spreads over the sample's tokens
+# (packed datasets, whose rows hold several samples, carry a float32 TOKEN_COLUMN instead).
+SAMPLE_COLUMN = "ual_sample_smoothing"
 """Name of the per-token smoothing column, in datasets and in batches."""
 
 NO_SCORE = -1.0

@@ -31,7 +31,8 @@ LOG = logging.getLogger("ual_plugin")
 
 
 class SmoothingWindow:
-    """Per-mode running sums (smoothing, label tokens, top-1 hits, unsmoothed NLL, entropy) between two log calls.
+    """Per-mode running sums (smoothing, label tokens, top-1 hits, unsmoothed NLL, entropy and the label tokens
+    it was measured on) between two log calls.
 
     Kept on the device, so a training step adds no host sync; summed over processes only when
     read, from ``Trainer.log``, which every rank calls.
@@ -45,22 +46,26 @@ class SmoothingWindow:
         zero = torch.zeros((), device=device)
         values = torch.stack([stats["smoothing_sum"].double(), stats["n_tokens"].double(),
                               stats["n_correct"].double(), stats.get("nll_sum", zero).double().to(device),
-                              stats.get("entropy_sum", zero).double().to(device)])
+                              stats.get("entropy_sum", zero).double().to(device),
+                              stats.get("entropy_tokens", zero).double().to(device)])
         current = self._sums.get(mode)
         self._sums[mode] = values if current is None else current + values.to(current.device)
 
     def pop(self, mode: str, accelerator: Any = None) -> dict[str, float]:
-        """{'ual_smoothing', 'mean_token_accuracy', 'entropy'} per label token over the window, plus 'nll'
-        (the unsmoothed loss, comparable with a plain-SFT run's loss) in evaluation; empty if no tokens."""
+        """{'ual_smoothing', 'mean_token_accuracy', 'entropy'} per label token over the window (the entropy over
+        the steps that measured it), plus 'nll' (the unsmoothed loss, comparable with a plain-SFT run's loss)
+        in evaluation; empty if no tokens."""
         sums = self._sums.pop(mode, None)
         if sums is None:
-            sums = torch.zeros(5, dtype=torch.float64)
+            sums = torch.zeros(6, dtype=torch.float64)
         if accelerator is not None and accelerator.num_processes > 1:
             sums = accelerator.reduce(sums.to(accelerator.device), "sum")
-        total, count, correct, nll, entropy = (float(x) for x in sums)
+        total, count, correct, nll, entropy, entropy_count = (float(x) for x in sums)
         if count <= 0:
             return {}
-        metrics = {"ual_smoothing": total / count, "mean_token_accuracy": correct / count, "entropy": entropy / count}
+        metrics = {"ual_smoothing": total / count, "mean_token_accuracy": correct / count}
+        if entropy_count > 0:
+            metrics["entropy"] = entropy / entropy_count
         if mode == "eval":
             metrics["nll"] = nll / count
         return metrics
@@ -170,7 +175,7 @@ class UALTrainerCore:
         request = UALRequest(smoothing=smoothing, ppl=self._ual_ppl, update_ppl=training,
                              backend=self.ual_loss_backend, router_aux=False,
                              keep_logits=return_outputs and not training and loss_only is not True,
-                             plain_nll=not training)
+                             plain_nll=not training, entropy=not training or self._ual_step_is_logged())
         with ual_request(request):
             loss, outputs = self._ual_framework_loss(model, inputs, num_items_in_batch)
         loss = self._ual_add_router_aux(loss, outputs, num_items_in_batch)
@@ -181,6 +186,17 @@ class UALTrainerCore:
             )
         self._ual_window.add("train" if training else "eval", request.stats)
         return (loss, outputs) if return_outputs else loss
+
+    def _ual_step_is_logged(self) -> bool:
+        """Whether the optimizer step now running ends with a log: the entropy metric (an extra pass over the
+        logits on CPU) is measured on those steps only, an unbiased sample of the steps it averages."""
+        args = self.args
+        if str(getattr(args, "logging_strategy", "steps")).split(".")[-1].lower() != "steps":
+            return True
+        every = args.logging_steps
+        if isinstance(every, float) and every < 1:  # a fraction of the run, as Trainer resolves it
+            every = max(1, round(every * max(self.state.max_steps, 1)))
+        return (self.state.global_step + 1) % max(int(every), 1) == 0 or self.state.global_step == 0
 
     def _ual_add_router_aux(self, loss: torch.Tensor, outputs: Any, num_items_in_batch: Any) -> torch.Tensor:
         """``loss`` plus the MoE router loss at the trainer's weight. It is a per-micro-batch mean, so with

@@ -15,7 +15,7 @@ pytest.importorskip("trl")
 from datasets import Dataset  # noqa: E402
 
 from tests.trl.test_trainer import all_batches, trainer  # noqa: E402
-from ual_plugin.data import TOKEN_COLUMN, label_token_counts  # noqa: E402
+from ual_plugin.data import SAMPLE_COLUMN, TOKEN_COLUMN, label_token_counts  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_fitted_mean_holds_in_the_chosen_unit(tiny_model_dir, tmp_path, per, cap
     train = tr.train_dataset
     tokens = label_token_counts(train["labels"])
     assert tokens.max() >= 10 * tokens.min()
-    values = np.array([row[-1] for row in train[TOKEN_COLUMN]])  # one value per sample, repeated over its tokens
+    values = np.array(train[SAMPLE_COLUMN], dtype=np.float64)  # one value per sample
     per_sample, per_token = values.mean(), (values * tokens).sum() / tokens.sum()
     assert abs((per_sample if per == "sample" else per_token) - 0.1) < 1e-6
     assert abs((per_token if per == "sample" else per_sample) - 0.1) > 0.01  # the other unit differs here

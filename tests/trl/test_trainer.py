@@ -16,7 +16,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from ual_plugin import smoothing_from_uncertainty  # noqa: E402
-from ual_plugin.data import TOKEN_COLUMN  # noqa: E402
+from ual_plugin.data import SAMPLE_COLUMN, TOKEN_COLUMN  # noqa: E402
 from ual_plugin.trl import UALSFTConfig, UALSFTTrainer  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -221,9 +221,9 @@ def test_trains_and_logs_ual_smoothing_with_eval_sets(tiny_model_dir, tmp_path):
     # eval rows get the training fit's beta; a set without the column gets 0
     smap = tr.ual_map
     assert smap is not None and smap.n_fit == 16
-    e_with = tr.eval_dataset["with"][0][TOKEN_COLUMN]
-    assert e_with[0] == pytest.approx(smap.apply_one(eval_with[0]["uncertainty"]))
-    assert set(tr.eval_dataset["without"][0][TOKEN_COLUMN]) == {0.0}
+    e_with = tr.eval_dataset["with"][0][SAMPLE_COLUMN]
+    assert e_with == pytest.approx(smap.apply_one(eval_with[0]["uncertainty"]), rel=1e-6)
+    assert set(tr.eval_dataset["without"][SAMPLE_COLUMN]) == {0.0}
     tr.train()
     logs = tr.state.log_history
     train_logs = [h["ual_smoothing"] for h in logs if "ual_smoothing" in h]
@@ -234,6 +234,7 @@ def test_trains_and_logs_ual_smoothing_with_eval_sets(tiny_model_dir, tmp_path):
     assert any("eval_without_loss" in h and h["eval_ual_smoothing"] == 0.0 for h in logs)
     assert all(np.isfinite(h["loss"]) for h in logs if "loss" in h)
     assert all(0.0 <= h["mean_token_accuracy"] <= 1.0 and h["num_tokens"] > 0 for h in logs if "loss" in h)
+    assert all(0.0 < h["entropy"] <= np.log(len(tr.processing_class)) for h in logs if "loss" in h)
 
 
 def test_ppl_mode_needs_no_column_and_logs(tiny_model_dir, tmp_path):
@@ -474,3 +475,15 @@ def test_moe_router_loss_follows_the_trainers_coefficient_and_accumulation(tiny_
         stock_acc = _router_delta(model_dir, tmp_path / "s2", ual=False, loss_type="nll", router_aux_loss_coef=coef,
                                   per_device_train_batch_size=4, gradient_accumulation_steps=2)
         assert rel_err(accumulated, stock_acc) < 1e-4
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_prepared_smoothing_is_float32_and_per_sample_where_packing_allows(tiny_model_dir, tmp_path, packing):
+    tr = trainer(tiny_model_dir, prompt_completion(8), tmp_path, packing=packing, max_length=128)
+    features = tr.train_dataset.features
+    if packing:  # packed rows hold several samples: one float32 per token
+        assert SAMPLE_COLUMN not in features and features[TOKEN_COLUMN].feature.dtype == "float32"
+    else:  # one float32 per sample, spread over its tokens by the collator
+        assert TOKEN_COLUMN not in features and features[SAMPLE_COLUMN].dtype == "float32"
+        batch = all_batches(tr)[0]
+        assert batch[TOKEN_COLUMN].dtype == torch.float32 and batch[TOKEN_COLUMN].shape == batch["input_ids"].shape

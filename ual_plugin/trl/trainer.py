@@ -15,12 +15,19 @@ import logging
 
 import numpy as np
 import torch
-from datasets import Dataset, IterableDataset
+from datasets import Dataset, IterableDataset, Sequence, Value
 from transformers import Trainer
 from trl import SFTTrainer
 from trl.data_utils import pack_dataset
 
-from ual_plugin.data import NO_SCORE, TOKEN_COLUMN, add_token_column, label_token_counts, read_uncertainty
+from ual_plugin.data import (
+    NO_SCORE,
+    SAMPLE_COLUMN,
+    TOKEN_COLUMN,
+    add_token_column,
+    label_token_counts,
+    read_uncertainty,
+)
 from ual_plugin.mapping import SmoothingMap, describe_means, fit_smoothing_map
 from ual_plugin.trainer_core import UALTrainerCore
 from ual_plugin.trl.collator import UALCollator
@@ -64,7 +71,7 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
     def _ual_check_prepared(dataset) -> None:
         """Stop at construction when the training set skipped preparation and so carries no smoothing."""
         columns = getattr(dataset, "column_names", None)
-        if columns is not None and TOKEN_COLUMN not in columns:
+        if columns is not None and TOKEN_COLUMN not in columns and SAMPLE_COLUMN not in columns:
             raise ValueError(
                 f"UAL: the training set has no per-token '{TOKEN_COLUMN}' column because SFTTrainer did not prepare "
                 "it (dataset_kwargs={'skip_prepare_dataset': True}, as vision datasets use), so no smoothing map was "
@@ -83,8 +90,9 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
     # ------------------------------------------------------------------ data
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if self._ual_columns and TOKEN_COLUMN not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, TOKEN_COLUMN]
+        if self._ual_columns:
+            missing = [c for c in (TOKEN_COLUMN, SAMPLE_COLUMN) if c not in self._signature_columns]
+            self._signature_columns = [*self._signature_columns, *missing]
 
     def _attach_sample_scores(self, dataset, args: UALSFTConfig, dataset_name: str):
         """The raw per-sample score column (validated; ``NO_SCORE`` for an eval set without the field)."""
@@ -126,7 +134,8 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
         return np.where(scores == NO_SCORE, 0.0, np.minimum(self.ual_map.beta * scores, self.ual_map.v_max)).tolist()
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
-        if not self._ual_columns or TOKEN_COLUMN in (getattr(dataset, "column_names", None) or []):
+        prepared = {TOKEN_COLUMN, SAMPLE_COLUMN} & set(getattr(dataset, "column_names", None) or [])
+        if not self._ual_columns or prepared:
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
         dataset = self._attach_sample_scores(dataset, args, dataset_name)
         # Let TRL tokenise and build labels, but do truncation and packing here: they must carry our column.
@@ -140,11 +149,16 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
         if max_length is not None and not packing:
             dataset = self._truncate(dataset, max_length, args.truncation_mode, map_kwargs)
         # the map is fitted on the label tokens that are trained on, so after truncation
-        dataset = dataset.remove_columns(_SAMPLE_COLUMN).add_column(
-            _SAMPLE_COLUMN, self._sample_smoothing(dataset, args, dataset_name))
+        smoothing = self._sample_smoothing(dataset, args, dataset_name)
+        dataset = dataset.remove_columns(_SAMPLE_COLUMN).add_column(SAMPLE_COLUMN, smoothing)
+        dataset = dataset.cast_column(SAMPLE_COLUMN, Value("float32"))
+        if not packing:  # one value per sample; the collator spreads it over the sample's tokens
+            return dataset
+        # packed rows hold several samples: the values travel per token, in float32, through packing
         dataset = dataset.map(
-            add_token_column, fn_kwargs={"sample_key": _SAMPLE_COLUMN}, remove_columns=[_SAMPLE_COLUMN], **map_kwargs
+            add_token_column, fn_kwargs={"sample_key": SAMPLE_COLUMN}, remove_columns=[SAMPLE_COLUMN], **map_kwargs
         )
+        dataset = dataset.cast_column(TOKEN_COLUMN, Sequence(Value("float32")))
         if packing:
             if max_length is None:
                 raise ValueError("When packing is enabled, `max_length` can't be `None`.")
