@@ -196,7 +196,8 @@ class UALTrainerCore:
         every = args.logging_steps
         if isinstance(every, float) and every < 1:  # a fraction of the run, as Trainer resolves it
             every = max(1, round(every * max(self.state.max_steps, 1)))
-        return (self.state.global_step + 1) % max(int(every), 1) == 0 or self.state.global_step == 0
+        step = self.state.global_step + 1  # the step now running
+        return step % max(int(every), 1) == 0 or (step == 1 and bool(getattr(args, "logging_first_step", False)))
 
     def _ual_add_router_aux(self, loss: torch.Tensor, outputs: Any, num_items_in_batch: Any) -> torch.Tensor:
         """``loss`` plus the MoE router loss at the trainer's weight. It is a per-micro-batch mean, so with
