@@ -17,6 +17,8 @@ from ual_plugin.demo.evaluate import METRICS
 
 # results[arm][seed] = {metric key: value}
 Results = Mapping[str, Mapping[int, Mapping[str, float]]]
+# (key, what it measures, higher is better?), as in ``evaluate.METRICS``
+Metrics = Sequence[tuple[str, str, bool]]
 HIGHER_IS_BETTER = {key: higher for key, _, higher in METRICS}
 
 # (metric, control arm, the question it answers): UAL against the control, named before any run
@@ -101,40 +103,43 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def primary_endpoints(results: Results) -> list[dict[str, Any]]:
+def primary_endpoints(results: Results, primary: Sequence[tuple[str, str, str]] = PRIMARY,
+                      metrics: Metrics = METRICS) -> list[dict[str, Any]]:
     """Each primary endpoint: UAL - control, 95 % CI, raw and Holm-adjusted p, and the verdict."""
+    higher_is_better = {key: higher for key, _, higher in metrics}
     rows = [{**paired(results["ual"], results[control], key), "control": control, "question": question}
-            for key, control, question in PRIMARY]
+            for key, control, question in primary]
     for row, p_adj in zip(rows, holm([r["p"] for r in rows]), strict=True):
-        better = row["mean_difference"] > 0 if HIGHER_IS_BETTER[row["metric"]] else row["mean_difference"] < 0
+        better = row["mean_difference"] > 0 if higher_is_better[row["metric"]] else row["mean_difference"] < 0
         row["p_holm"] = p_adj
         row["verdict"] = "inconclusive" if p_adj >= ALPHA else ("supports" if better else "refutes")
     return rows
 
 
-def secondary(results: Results) -> list[dict[str, Any]]:
+def secondary(results: Results, metrics: Metrics = METRICS) -> list[dict[str, Any]]:
     """UAL against every other arm on every metric (95 % CIs, no correction, no verdict)."""
     return [{**paired(results["ual"], results[arm], key), "control": arm}
-            for arm in results if arm not in ("ual", "base") for key, _, _ in METRICS]
+            for arm in results if arm not in ("ual", "base") for key, _, _ in metrics]
 
 
-def summarise(results: Results) -> dict[str, dict[str, dict[str, float]]]:
+def summarise(results: Results, metrics: Metrics = METRICS) -> dict[str, dict[str, dict[str, float]]]:
     """``{arm: {metric: {"mean", "std", "n"}}}`` over seeds."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for arm, by_seed in results.items():
         out[arm] = {}
-        for key, _, _ in METRICS:
+        for key, _, _ in metrics:
             values = [float(m[key]) for m in by_seed.values()]
             out[arm][key] = {"mean": statistics.fmean(values),
                              "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
     return out
 
 
-def format_table(stats: Mapping[str, Mapping[str, Mapping[str, float]]], labels: Mapping[str, str]) -> str:
+def format_table(stats: Mapping[str, Mapping[str, Mapping[str, float]]], labels: Mapping[str, str],
+                 metrics: Metrics = METRICS) -> str:
     """Metrics as rows, arms (the base model first) as columns: mean ± std over seeds."""
     arms = list(stats)
     lines = ["      " + f"{'metric':<34}" + "".join(f"{labels[a]:>17}" for a in arms)]
-    for key, _meaning, higher in METRICS:
+    for key, _meaning, higher in metrics:
         name = f"{key} ({'higher' if higher else 'lower'} better)"
         cells = "".join(f"  {stats[a][key]['mean']:>8.3f}±{stats[a][key]['std']:<6.3f}" for a in arms)
         lines.append(f"      {name:<34}{cells}")

@@ -14,6 +14,10 @@ class TrainConfig:
     learning_rate: float
     max_length: int = 32
     logging_steps: int = 5
+    use_cpu: bool = True
+    bf16: bool = False
+    lora_r: int = 0  # 0: full fine-tuning; else a LoRA adapter of this rank on lora_targets
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
 
 
 @dataclass
@@ -30,7 +34,8 @@ class TrainResult:
 
 
 def train_arm(model_dir: Path, rows: list[dict], options: dict, seed: int, cfg: TrainConfig) -> TrainResult:
-    """Fine-tune the model in ``model_dir`` on ``rows`` with the ``UALSFTConfig`` ``options`` (not saved)."""
+    """Fine-tune the model in ``model_dir`` on ``rows`` with the ``UALSFTConfig`` ``options`` (not saved; with
+    ``cfg.lora_r`` the returned model is the PEFT model)."""
     import tempfile
 
     import torch
@@ -47,12 +52,19 @@ def train_arm(model_dir: Path, rows: list[dict], options: dict, seed: int, cfg: 
         args = UALSFTConfig(
             output_dir=tmp, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
-            logging_steps=cfg.logging_steps, save_strategy="no", report_to=[], use_cpu=True, bf16=False, seed=seed,
+            logging_steps=cfg.logging_steps, save_strategy="no", report_to=[], use_cpu=cfg.use_cpu, bf16=cfg.bf16,
+            seed=seed,
             data_seed=seed, max_length=cfg.max_length, disable_tqdm=True, loss_type="nll", dataset_num_proc=None,
             assistant_only_loss=True, gradient_checkpointing=False, **options,
         )
+        peft_config = None
+        if cfg.lora_r:
+            from peft import LoraConfig
+
+            peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.05,
+                                     target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
         trainer = UALSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                processing_class=tokenizer)
+                                processing_class=tokenizer, peft_config=peft_config)
         trainer.remove_callback(PrinterCallback)  # the demo prints one line per run instead of every log dict
         trainer.train()
     trainer.model.eval()

