@@ -43,7 +43,7 @@ class Probes:
     n_facts: int
 
 
-def sequence_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 64) -> list[float]:
+def sequence_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 256) -> list[float]:
     """Sum of log p(continuation | prefix) for each (prefix ids, continuation ids) pair.
 
     Pairs that share a prefix (a prompt and its candidate replies) run the prefix once and the
