@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("trl")
 
-from ual_plugin.data import TOKEN_COLUMN, label_token_counts  # noqa: E402
+from ual_plugin.data import SAMPLE_COLUMN, label_token_counts  # noqa: E402
 from ual_plugin.demo.arms import ARMS, trainer_options, training_rows  # noqa: E402
 from ual_plugin.demo.tiny import build_tiny_llama, build_word_tokenizer  # noqa: E402
 from ual_plugin.demo.world import World, finetuning_rows, vocabulary  # noqa: E402
@@ -25,7 +25,7 @@ def _trained_smoothing(model_dir, rows, options, tmp_path):
     tr = UALSFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args,
                        train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(model_dir))
     ds = tr.train_dataset
-    return np.array([col[-1] for col in ds[TOKEN_COLUMN]]), label_token_counts(ds["labels"])
+    return np.array(ds[SAMPLE_COLUMN], dtype=np.float64), label_token_counts(ds["labels"])
 
 
 def test_smoothed_arms_have_the_same_budget_per_label_token(tmp_path):
