@@ -44,3 +44,14 @@ def test_segment_ids_rows_and_packed():
     assert seg.tolist() == [[0, 0, 0], [1, 1, 1]]
     pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 0, 1, 2, 3]])
     assert segment_ids(pos, pos.shape, pos.device).tolist() == [[0, 0, 0, 1, 1, 2], [3, 3, 4, 4, 4, 4]]
+
+
+def test_sample_means_averages_each_sample_then_counts_samples():
+    from ual_plugin.data import sample_means, segment_ids
+
+    values = torch.tensor([[0.1, 0.1, 0.1, 0.5, 0.5], [0.3, 0.3, 0.3, 0.3, 0.0]])
+    mask = torch.tensor([[True, True, True, True, False], [False, True, True, True, False]])
+    # row 0 packs two samples (positions restart at 0), row 1 is one padded sample
+    position_ids = torch.tensor([[0, 1, 2, 0, 1], [0, 1, 2, 3, 4]])
+    total, n = sample_means(values, segment_ids(position_ids, values.shape, values.device), mask)
+    assert int(n) == 3 and float(total) == pytest.approx(0.1 + 0.5 + 0.3)

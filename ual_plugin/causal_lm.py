@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ual_plugin.data import segment_ids
+from ual_plugin.data import sample_means, segment_ids
 from ual_plugin.loss import linear_smoothed_cross_entropy
 from ual_plugin.ppl import PPLSmoother, ppl_token_smoothing
 
@@ -170,9 +170,12 @@ class _HeadCall:
             hidden, head.weight, self.targets, eps, bias=head.bias, reduction="sum",
             softcap=self.softcap, logit_scale=self.logit_scale, stats=stats, entropy=self.request.entropy,
         )
+        shape = (self.targets.shape[0], self.targets.shape[1] + 1)
+        per_sample, n_samples = sample_means(eps, segment_ids(self.position_ids, shape, hidden.device)[:, 1:], mask)
         _add(
             self.request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(),
             n_correct=torch.as_tensor(stats.get("n_correct", 0), device=hidden.device),
+            sample_smoothing_sum=per_sample, n_samples=n_samples,
         )
         if self.request.entropy:
             _add(self.request.stats, entropy_sum=stats["entropy_sum"], entropy_tokens=mask.sum())
@@ -361,7 +364,10 @@ def _trl_fused_forward(lm, request: UALRequest, args: tuple, kwargs: dict, label
     total = -outputs.log_probs.float().sum() + (eps * correction * mask).sum()
     is_top1 = getattr(outputs, "is_top1", None)
     n_correct = (is_top1 & mask).sum() if is_top1 is not None else torch.zeros((), device=total.device)
-    _add(request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(), n_correct=n_correct)
+    per_sample, n_samples = sample_means(eps, segment_ids(kwargs.get("position_ids"), labels.shape, tgt.device)[:, 1:],
+                                         mask)
+    _add(request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(), n_correct=n_correct,
+         sample_smoothing_sum=per_sample, n_samples=n_samples)
     entropy = getattr(outputs, "entropy", None)
     if request.entropy and entropy is not None:  # TRL's fused head computes it anyway
         _add(request.stats, entropy_sum=(entropy.detach().float() * mask).sum(), entropy_tokens=mask.sum())

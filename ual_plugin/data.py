@@ -140,3 +140,14 @@ def segment_ids(position_ids: torch.Tensor | None, shape: torch.Size, device: to
     starts[:, 0] = 1  # every row begins a new sample
     flat = starts.reshape(-1).cumsum(0) - 1
     return flat.reshape(position_ids.shape)
+
+
+def sample_means(values: torch.Tensor, segments: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over samples of each sample's mean of ``values`` over its ``mask`` tokens, number of such
+    samples), without a host sync; ``segments`` holds each token's sample id (``segment_ids``)."""
+    seg = segments.reshape(-1)
+    m = mask.reshape(-1).to(torch.float32)
+    sums = torch.zeros(seg.numel(), device=values.device).index_add_(0, seg, values.reshape(-1).float() * m)
+    counts = torch.zeros(seg.numel(), device=values.device).index_add_(0, seg, m)
+    present = counts > 0
+    return (sums / counts.clamp(min=1)).sum(), present.sum()

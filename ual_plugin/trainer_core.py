@@ -32,7 +32,7 @@ LOG = logging.getLogger("ual_plugin")
 
 class SmoothingWindow:
     """Per-mode running sums (smoothing, label tokens, top-1 hits, unsmoothed NLL, entropy and the label tokens
-    it was measured on) between two log calls.
+    it was measured on, per-sample smoothing and samples) between two log calls.
 
     Kept on the device, so a training step adds no host sync; summed over processes only when
     read, from ``Trainer.log``, which every rank calls.
@@ -47,23 +47,27 @@ class SmoothingWindow:
         values = torch.stack([stats["smoothing_sum"].double(), stats["n_tokens"].double(),
                               stats["n_correct"].double(), stats.get("nll_sum", zero).double().to(device),
                               stats.get("entropy_sum", zero).double().to(device),
-                              stats.get("entropy_tokens", zero).double().to(device)])
+                              stats.get("entropy_tokens", zero).double().to(device),
+                              stats.get("sample_smoothing_sum", zero).double().to(device),
+                              stats.get("n_samples", zero).double().to(device)])
         current = self._sums.get(mode)
         self._sums[mode] = values if current is None else current + values.to(current.device)
 
     def pop(self, mode: str, accelerator: Any = None) -> dict[str, float]:
-        """{'ual_smoothing', 'mean_token_accuracy', 'entropy'} per label token over the window (the entropy over
-        the steps that measured it), plus 'nll' (the unsmoothed loss, comparable with a plain-SFT run's loss)
-        in evaluation; empty if no tokens."""
+        """Metrics over the window: per label token 'ual_smoothing', 'mean_token_accuracy' and 'entropy' (over
+        the steps that measured it), 'ual_smoothing_per_sample' (the unit of ual_alpha_per='sample'), and in
+        evaluation 'nll' (the unsmoothed loss, comparable with a plain-SFT run's loss); empty if no tokens."""
         sums = self._sums.pop(mode, None)
         if sums is None:
-            sums = torch.zeros(6, dtype=torch.float64)
+            sums = torch.zeros(8, dtype=torch.float64)
         if accelerator is not None and accelerator.num_processes > 1:
             sums = accelerator.reduce(sums.to(accelerator.device), "sum")
-        total, count, correct, nll, entropy, entropy_count = (float(x) for x in sums)
+        total, count, correct, nll, entropy, entropy_count, per_sample, samples = (float(x) for x in sums)
         if count <= 0:
             return {}
         metrics = {"ual_smoothing": total / count, "mean_token_accuracy": correct / count}
+        if samples > 0:
+            metrics["ual_smoothing_per_sample"] = per_sample / samples
         if entropy_count > 0:
             metrics["entropy"] = entropy / entropy_count
         if mode == "eval":

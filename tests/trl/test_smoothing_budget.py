@@ -52,14 +52,18 @@ def test_fitted_mean_holds_in_the_chosen_unit(tiny_model_dir, tmp_path, per, cap
     assert f"ual_alpha_per={per}" in banner[0]
 
 
-def test_token_unit_logged_smoothing_is_alpha(tiny_model_dir, tmp_path):
-    # the logged ual_smoothing is a mean over label tokens: over one epoch it equals alpha in the token unit
+@pytest.mark.parametrize("per", ["token", "sample"])
+def test_logged_smoothing_in_the_chosen_unit_is_alpha(tiny_model_dir, tmp_path, per):
+    """Over one epoch the log's mean per label token (ual_smoothing) and per sample (ual_smoothing_per_sample)
+    are both shown; the one in the chosen unit equals alpha."""
     ds = lengths_vary_10x()
-    tr = trainer(tiny_model_dir, ds, tmp_path, ual_alpha=0.1, ual_alpha_per="token", completion_only_loss=True,
+    tr = trainer(tiny_model_dir, ds, tmp_path, ual_alpha=0.1, ual_alpha_per=per, completion_only_loss=True,
                  max_length=128, per_device_train_batch_size=16, max_steps=1, logging_steps=1)
     tr.train()
-    logged = [h["ual_smoothing"] for h in tr.state.log_history if "ual_smoothing" in h]
-    assert logged and logged[0] == pytest.approx(0.1, abs=1e-6)
+    log = next(h for h in tr.state.log_history if "ual_smoothing" in h)
+    chosen, other = ("ual_smoothing", "ual_smoothing_per_sample")[:: 1 if per == "token" else -1]
+    assert log[chosen] == pytest.approx(0.1, abs=1e-6)
+    assert abs(log[other] - 0.1) > 0.01  # the two units differ on these rows
 
 
 def test_uniform_mode_needs_no_column_and_matches_torch_label_smoothing(tiny_model_dir, tmp_path, caplog):
