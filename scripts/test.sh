@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, in both supported environments:
+# The whole test suite, in the three test environments:
 #   .venv         axolotl 0.19.0 / trl 1.9 / transformers 5.16 : every test
 #   .venv-latest  newest trl 1.16 / transformers 5.2x           : core, TRL, scoring, analysis
 #   .venv-axolotl-lowest  axolotl 0.17.0 / trl 1.5 / transformers 5.9 : tests/axolotl (lowest supported Axolotl)
