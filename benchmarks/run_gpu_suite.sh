@@ -64,12 +64,5 @@ case "${1:-all}" in
            cp /tmp/ual-smollm/per_seed.jsonl /tmp/ual-smollm/summary.json "$out/" 2>/dev/null
            echo "smollm exit $status" | tee -a "$out/smollm.log"; exit "$status"
            ;;
-  lease2)  # the second call of the first GPU session: loss, qlora and the GPU tests (verify had passed)
-           out=${OUT:-/tmp/ual-gpu-out}; mkdir -p "$out"; set +e; export UAL_KERNEL=triton
-           save() { cp benchmarks/RESULTS.md "$out/RESULTS.md"; }
-           timeout 150 bash "$0" loss 2>&1 | tee "$out/loss.log"; save
-           timeout 100 $PY benchmarks/qlora_check.py --preset llama3-8b --layers 4 --write 2>&1 | tee "$out/qlora.log"; save
-           timeout 120 bash "$0" tests 2>&1 | tee "$out/tests.log"
-           ;;
   *) echo "usage: $0 [all|verify|tests|loss|trl|qlora|axolotl|lease|smollm]" >&2; exit 2 ;;
 esac

@@ -142,12 +142,17 @@ def segment_ids(position_ids: torch.Tensor | None, shape: torch.Size, device: to
     return flat.reshape(position_ids.shape)
 
 
-def sample_means(values: torch.Tensor, segments: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum over samples of each sample's mean of ``values`` over its ``mask`` tokens, number of such
-    samples), without a host sync; ``segments`` holds each token's sample id (``segment_ids``)."""
+def segment_sums(values: torch.Tensor, segments: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of ``values`` over the ``mask`` tokens, number of such tokens) for every possible segment id,
+    without a host sync; ``segments`` holds each token's sample id (``segment_ids``), below ``numel``."""
     seg = segments.reshape(-1)
     m = mask.reshape(-1).to(torch.float32)
     sums = torch.zeros(seg.numel(), device=values.device).index_add_(0, seg, values.reshape(-1).float() * m)
-    counts = torch.zeros(seg.numel(), device=values.device).index_add_(0, seg, m)
-    present = counts > 0
-    return (sums / counts.clamp(min=1)).sum(), present.sum()
+    return sums, torch.zeros(seg.numel(), device=values.device).index_add_(0, seg, m)
+
+
+def sample_means(values: torch.Tensor, segments: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over samples of each sample's mean of ``values`` over its ``mask`` tokens, number of such
+    samples), without a host sync."""
+    sums, counts = segment_sums(values, segments, mask)
+    return (sums / counts.clamp(min=1)).sum(), (counts > 0).sum()

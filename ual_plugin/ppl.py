@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ual_plugin.data import segment_sums
 from ual_plugin.loss import token_nll_and_margin
 from ual_plugin.mapping import DEFAULT_ALPHA, DEFAULT_V_MAX, _check_alpha
 from ual_plugin.options import DEFAULT_PPL_WINDOW, check_ppl_window
@@ -111,15 +112,9 @@ def segment_ppl(
 
     token_nll, segments, mask share a shape; segment ids are non-negative and below ``numel``.
     """
-    seg = segments.reshape(-1)
-    m = mask.reshape(-1)
-    nll = token_nll.reshape(-1).float() * m
-    slots = seg.numel()
-    sums = torch.zeros(slots, device=nll.device).index_add_(0, seg, nll)
-    counts = torch.zeros(slots, device=nll.device).index_add_(0, seg, m.float())
-    present = counts > 0
+    sums, counts = segment_sums(token_nll, segments, mask)
     mean_nll = (sums / counts.clamp(min=1)).clamp(max=_MAX_LOG_PPL)
-    return mean_nll.exp(), present
+    return mean_nll.exp(), counts > 0
 
 
 def per_sample_ppl(token_nll: torch.Tensor, segments: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +207,7 @@ class UALLoss:
             )
         run = _Run(self.alpha, self.v_max, self.window)
         if trainer.state.global_step > 0:  # resumed: Trainer has restored its state from this checkpoint
-            load_run_state(run.smoother, os.path.join(trainer.args.output_dir, f"checkpoint-{trainer.state.global_step}"))
+            load_run_state(run.smoother, checkpoint_folder(trainer.args, trainer.state))
         # first in line, so the printing and reporting callbacks see the metric too
         trainer.callback_handler.callbacks.insert(0, _run_callback(run))
         LOG.warning(
@@ -252,6 +247,13 @@ class UALLoss:
 STATE_FILE = "ual_state.json"
 
 
+def checkpoint_folder(args: Any, state: Any) -> str:
+    """The folder Trainer saves the checkpoint of ``state.global_step`` in."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
 def save_run_state(smoother: PPLSmoother, folder: str) -> None:
     """Write the PPL running mean into a checkpoint folder."""
     with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
@@ -272,7 +274,6 @@ def load_run_state(smoother: PPLSmoother, folder: str | None) -> bool:
 def _run_callback(run: _Run) -> Any:
     """A ``TrainerCallback`` that adds ``ual_smoothing`` to a stock trainer's logs and saves the running mean."""
     from transformers import TrainerCallback
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     class UALLossCallback(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
@@ -286,7 +287,7 @@ def _run_callback(run: _Run) -> Any:
                 state.log_history[-1]["ual_smoothing"] = value  # Trainer.log records the entry before callbacks run
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            folder = checkpoint_folder(args, state)
             if state.is_world_process_zero and os.path.isdir(folder):
                 save_run_state(run.smoother, folder)
 
@@ -296,5 +297,5 @@ def _run_callback(run: _Run) -> Any:
 ual_loss = UALLoss()
 """Ready-made PPL-mode loss (alpha=0.1, v_max=0.99): ``SFTTrainer(..., compute_loss_func=ual_loss)``."""
 
-__all__ = ["STATE_FILE", "PPLSmoother", "UALLoss", "load_run_state", "per_sample_ppl", "ppl_token_smoothing",
+__all__ = ["STATE_FILE", "PPLSmoother", "UALLoss", "checkpoint_folder", "load_run_state", "per_sample_ppl", "ppl_token_smoothing",
            "save_run_state", "segment_ppl", "ual_loss"]

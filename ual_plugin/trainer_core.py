@@ -25,7 +25,7 @@ from ual_plugin.causal_lm import (
 )
 from ual_plugin.data import TOKEN_COLUMN
 from ual_plugin.options import check_ual_options, options_of
-from ual_plugin.ppl import STATE_FILE, PPLSmoother, load_run_state, save_run_state
+from ual_plugin.ppl import STATE_FILE, PPLSmoother, checkpoint_folder, load_run_state, save_run_state
 
 LOG = logging.getLogger("ual_plugin")
 
@@ -89,12 +89,11 @@ def _is_sharded(trainer: Any) -> bool:
 def _state_callback(trainer: UALTrainerCore) -> Any:
     """A ``TrainerCallback`` writing the PPL running mean into each checkpoint folder."""
     from transformers import TrainerCallback
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     class UALStateCallback(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             smoother = trainer._ual_ppl  # every rank holds the same (summed) values
-            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            folder = checkpoint_folder(args, state)
             if smoother is not None and state.is_world_process_zero and os.path.isdir(folder):
                 save_run_state(smoother, folder)
 
@@ -195,13 +194,11 @@ class UALTrainerCore:
         """Whether the optimizer step now running ends with a log: the entropy metric (an extra pass over the
         logits on CPU) is measured on those steps only, an unbiased sample of the steps it averages."""
         args = self.args
-        if str(getattr(args, "logging_strategy", "steps")).split(".")[-1].lower() != "steps":
+        if args.logging_strategy != "steps":
             return True
-        every = args.logging_steps
-        if isinstance(every, float) and every < 1:  # a fraction of the run, as Trainer resolves it
-            every = max(1, round(every * max(self.state.max_steps, 1)))
+        every = max(int(self.state.logging_steps or args.logging_steps), 1)  # Trainer resolves a fraction there
         step = self.state.global_step + 1  # the step now running
-        return step % max(int(every), 1) == 0 or (step == 1 and bool(getattr(args, "logging_first_step", False)))
+        return step % every == 0 or (step == 1 and bool(args.logging_first_step))
 
     def _ual_add_router_aux(self, loss: torch.Tensor, outputs: Any, num_items_in_batch: Any) -> torch.Tensor:
         """``loss`` plus the MoE router loss at the trainer's weight. It is a per-micro-batch mean, so with

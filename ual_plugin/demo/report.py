@@ -78,6 +78,12 @@ def t_quantile(level: float, df: int) -> float:
     return (lo + hi) / 2
 
 
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Refuse fewer than 2 distinct seeds: the paired confidence intervals need them."""
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"give at least 2 distinct seeds (paired confidence intervals need them), got {seeds}")
+
+
 def paired(a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str, float]], key: str) -> dict[str, Any]:
     """Mean paired difference a - b over shared seeds, its 95 % CI and two-sided p (paired t)."""
     seeds = sorted(set(a) & set(b))

@@ -91,6 +91,7 @@ def run_demo(s: DemoSettings) -> dict:
     from ual_plugin.demo.figure import plot_results
     from ual_plugin.demo.pretrain import pretrain
     from ual_plugin.demo.report import (
+        check_seeds,
         format_endpoints,
         format_table,
         overall,
@@ -103,8 +104,7 @@ def run_demo(s: DemoSettings) -> dict:
     from ual_plugin.demo.train import TrainConfig, train_arm
     from ual_plugin.demo.world import World, finetuning_rows, vocabulary
 
-    if len(s.seeds) < 2 or len(set(s.seeds)) != len(s.seeds):
-        raise ValueError(f"give at least 2 distinct seeds (paired confidence intervals need them), got {s.seeds}")
+    check_seeds(s.seeds)
     out = Path(s.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -75,6 +75,7 @@ def run_smollm(s: SmolSettings) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ual_plugin.demo.report import (
+        check_seeds,
         format_endpoints,
         format_table,
         overall,
@@ -87,8 +88,7 @@ def run_smollm(s: SmolSettings) -> dict:
     from ual_plugin.demo.smollm_model import find_gguf, prepare_base
     from ual_plugin.demo.train import TrainConfig, train_arm
 
-    if len(s.seeds) < 2 or len(set(s.seeds)) != len(s.seeds):
-        raise ValueError(f"give at least 2 distinct seeds (paired confidence intervals need them), got {s.seeds}")
+    check_seeds(s.seeds)
     gguf = s.gguf or find_gguf()  # fails here, with the install command, before any work
     out = Path(s.out_dir)
     out.mkdir(parents=True, exist_ok=True)
