@@ -314,3 +314,69 @@ def test_plain_nll_is_the_unsmoothed_loss():
     with torch.no_grad():
         ual_forward(model, ids, labels, request)
     assert float(request.stats["nll_sum"]) == pytest.approx(float(ref), rel=1e-5)
+
+
+def _reference_token_metrics(logits: torch.Tensor, labels: torch.Tensor):
+    """Per next-token label: entropy, top-1 flag and mask from the full logits, as TRL computes them."""
+    z, t = logits[:, :-1].float(), labels[:, 1:]
+    mask = t != -100
+    logp = z.log_softmax(-1)
+    entropy = -(logp.exp() * logp).sum(-1) * mask
+    top1 = (z.argmax(-1) == t) & mask
+    return entropy, top1, mask
+
+
+def test_trl_chunked_nll_contract_counts_come_from_the_ual_forward():
+    """trl < 1.16's chunked_nll reads num_valid_tokens, num_correct_tokens and entropy_sum from the outputs."""
+    model = tiny_llama()
+    ids, labels, smoothing = batch()
+    entropy, top1, mask = _reference_token_metrics(model(input_ids=ids).logits.detach(), labels)
+    install_ual_forward(model)
+    out = ual_forward(model, ids, labels, UALRequest(smoothing=smoothing, entropy=True))
+    assert int(out.num_valid_tokens) == int(mask.sum())
+    assert int(out.num_correct_tokens) == int(top1.sum())
+    assert float(out.entropy_sum) == pytest.approx(float(entropy.sum()), rel=1e-5)
+
+
+def test_trl_fused_contract_per_token_fields_carry_the_ual_loss():
+    """fused_lm_head=True (trl >= 1.16): -log_probs are UAL's per-token losses, so TRL's NLL of them is UAL's loss in
+    value and gradients; entropy, is_top1 and label_mask are per token, zero where ignored."""
+    model = tiny_llama()
+    ids, labels, smoothing = batch()
+    logits = model(input_ids=ids).logits
+    entropy, top1, mask = _reference_token_metrics(logits.detach(), labels)
+    install_ual_forward(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = torch.tensor(11)
+    out = ual_forward(model, ids, labels, UALRequest(smoothing=smoothing), num_items=n, fused_lm_head=True)
+    assert out.log_probs.shape == labels[:, 1:].shape and out.log_probs.dtype == torch.float32
+    trl_loss = -out.log_probs.sum() / n  # what SFTTrainer.compute_loss does with them
+    ref = reference(logits, labels, smoothing, int(n))
+    torch.testing.assert_close(trl_loss, ref, rtol=1e-5, atol=1e-6)
+    assert_same_grads(trl_loss, ref, params)
+    assert not out.log_probs.detach()[~mask].any()
+    torch.testing.assert_close(out.entropy, entropy, rtol=1e-5, atol=1e-6)
+    assert torch.equal(out.is_top1, top1) and torch.equal(out.label_mask, mask)
+
+
+def test_trl_fused_contract_refuses_a_reduction_that_weights_tokens_differently():
+    model = tiny_llama()
+    ids, labels, smoothing = batch()
+    install_ual_forward(model)
+    out = ual_forward(model, ids, labels, UALRequest(smoothing=smoothing), fused_lm_head=True)
+    weights = torch.linspace(0.5, 1.5, out.log_probs.numel()).reshape(out.log_probs.shape)  # e.g. DFT's
+    with pytest.raises(RuntimeError, match="different weights per token"):
+        (-(out.log_probs * weights).sum()).backward()
+
+
+def test_a_logits_only_forward_under_a_request_is_the_models_own():
+    """TRL >= 1.16 builds the logits for its metrics with a second forward without labels: no loss, full logits."""
+    model = tiny_llama()
+    ids, labels, smoothing = batch()
+    want = model(input_ids=ids).logits
+    install_ual_forward(model)
+    request = UALRequest(smoothing=smoothing)
+    with ual_request(request):
+        got = model(input_ids=ids)
+    assert got.loss is None and not request.stats
+    torch.testing.assert_close(got.logits, want)

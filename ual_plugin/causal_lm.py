@@ -7,6 +7,12 @@ loss from the final hidden states (``linear_smoothed_cross_entropy``, never the 
 logits) and carries it out through the call's output. The loss comes back as ``outputs.loss``
 (sum / ``num_items_in_batch``, plus the MoE router loss as the model adds it).
 
+The outputs also answer the loss contracts of TRL's ``SFTTrainer.compute_loss``, so that TRL keeps
+its own normalisation, router-loss weighting and metrics: every UAL forward carries
+``num_valid_tokens``, ``num_correct_tokens`` and ``entropy_sum`` (trl 1.9's ``chunked_nll``), and
+a call with ``fused_lm_head=True`` (trl >= 1.16) gets per-token ``log_probs`` (minus UAL's
+per-token loss, so TRL's NLL of them is UAL's loss), ``entropy``, ``is_top1`` and ``label_mask``.
+
 Why inside the model's head call: every engine gathers a sharded head around that call and hooks
 its backward on the call's output (FSDP1 units, FSDP2 units and groups such as accelerate's
 ``[norm, lm_head]``, DeepSpeed ZeRO-3), and PEFT's ``modules_to_save`` wrapper routes it to the
@@ -144,8 +150,10 @@ class _HeadCall:
     captured: dict[str, torch.Tensor] = field(default_factory=dict)  # "hidden": the backbone's output
     total: torch.Tensor | None = None
     output: torch.Tensor | None = None
+    token_outputs: bool = False  # also keep per-token losses, top-1 flags and entropies (TRL's fused contract)
     upstream: torch.Tensor | None = None  # the loss's incoming gradient, handed from _EmitLoss to _CarryLoss
     last_logits: torch.Tensor | None = None  # the last position's logits as UAL's loss sees them
+    kernel_stats: dict[str, torch.Tensor] = field(default_factory=dict)  # this forward's counts from the kernel
 
     def token_smoothing(self, head: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         request = self.request
@@ -165,10 +173,12 @@ class _HeadCall:
         self.targets = self.targets.to(hidden.device)
         mask = self.targets != -100
         eps = self.token_smoothing(head, hidden, mask)
-        stats: dict[str, Any] = {}
+        stats = self.kernel_stats
+        want_entropy = self.request.entropy or self.token_outputs  # TRL's fused contract always carries it
         total = linear_smoothed_cross_entropy(
             hidden, head.weight, self.targets, eps, bias=head.bias, reduction="sum",
-            softcap=self.softcap, logit_scale=self.logit_scale, stats=stats, entropy=self.request.entropy,
+            softcap=self.softcap, logit_scale=self.logit_scale, stats=stats, entropy=want_entropy,
+            token_stats=self.token_outputs,
         )
         shape = (self.targets.shape[0], self.targets.shape[1] + 1)
         per_sample, n_samples = sample_means(eps, segment_ids(self.position_ids, shape, hidden.device)[:, 1:], mask)
@@ -177,7 +187,7 @@ class _HeadCall:
             n_correct=torch.as_tensor(stats.get("n_correct", 0), device=hidden.device),
             sample_smoothing_sum=per_sample, n_samples=n_samples,
         )
-        if self.request.entropy:
+        if want_entropy:
             _add(self.request.stats, entropy_sum=stats["entropy_sum"], entropy_tokens=mask.sum())
         if self.request.plain_nll:
             with torch.no_grad():
@@ -203,9 +213,17 @@ class _HeadCall:
 
     def summed_loss(self) -> torch.Tensor:
         """The summed loss, reached through the head call's output so the engines' backward hooks run first."""
-        if self.total is None or not isinstance(self.output, torch.Tensor):
+        return self._emit(self.total.detach() if self.total is not None else None, None)
+
+    def token_losses(self) -> torch.Tensor:
+        """Each label token's loss ([B, T-1], zero where ignored), whose gradient reaches the summed loss the same
+        way; the caller must reduce it with one weight for every token (a sum or a mean, as TRL's NLL does)."""
+        return self._emit(self.kernel_stats.get("token_losses"), self.targets != -100)
+
+    def _emit(self, value: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        if value is None or not isinstance(self.output, torch.Tensor):
             raise RuntimeError("UAL: the model's forward did not call its LM head module")
-        return _EmitLoss.apply(self.total.detach(), self.output.reshape(-1)[0], self)
+        return _EmitLoss.apply(value, self.output.reshape(-1)[0], self, mask)
 
 
 def _transformed(z: torch.Tensor, softcap: float | None, logit_scale: float) -> torch.Tensor:
@@ -244,18 +262,32 @@ def _check_logits_once(lm: torch.nn.Module, call: _HeadCall, outputs: Any) -> No
 
 
 class _EmitLoss(torch.autograd.Function):
-    """The summed loss in value; in backward, hands the loss's float32 gradient to the head call as it is,
-    and sends a placeholder through the head output (whose dtype, bf16 under autocast, would round it)."""
+    """The loss in value (the sum, or per token); in backward, hands the float32 gradient of the sum to the
+    head call as it is, and sends a placeholder through the head output (whose dtype, bf16 under autocast,
+    would round it). Per token, the gradient must be one value on every label token, which is checked."""
 
     @staticmethod
-    def forward(ctx, total: torch.Tensor, anchor: torch.Tensor, call: _HeadCall) -> torch.Tensor:
+    def forward(ctx, value: torch.Tensor, anchor: torch.Tensor, call: _HeadCall, mask: torch.Tensor | None):
         ctx.call, ctx.anchor_dtype = call, anchor.dtype
-        return total.clone()
+        ctx.mask = mask
+        return value.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        ctx.call.upstream = grad
-        return None, torch.ones((), dtype=ctx.anchor_dtype, device=grad.device), None
+        ctx.call.upstream = grad if ctx.mask is None else _uniform_gradient(grad, ctx.mask)
+        return None, torch.ones((), dtype=ctx.anchor_dtype, device=grad.device), None, None
+
+
+def _uniform_gradient(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The one gradient every label token's loss received (asserted on the device, without a host sync)."""
+    flat, valid = grad.reshape(-1), mask.reshape(-1).to(grad.device)
+    first = flat[valid.to(torch.int8).argmax()]
+    torch._assert_async(
+        ((flat == first) | ~valid).all(),
+        "UAL: the per-token losses were reduced with different weights per token (e.g. DFT), which UAL's loss "
+        "cannot honour; reduce them with a plain sum or mean",
+    )
+    return first.float()
 
 
 class _CarryLoss(torch.autograd.Function):
@@ -290,14 +322,14 @@ def _head_forward(self: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _router_aux_loss(lm: torch.nn.Module, outputs: Any, loss: torch.Tensor, request: UALRequest) -> torch.Tensor:
-    """``loss`` plus the MoE router loss, weighted as the model's own forward weights it (unless the
-    request leaves the weighting to the trainer)."""
+    """``loss`` plus the MoE router loss at its config's weight, as the model's own forward and TRL's loss heads add
+    it (unless the request leaves the weighting to the trainer)."""
     aux = getattr(outputs, "aux_loss", None)
     if aux is None or not request.router_aux:
         return loss
-    coef = getattr(lm, "router_aux_loss_coef", None)
+    coef = getattr(_text_config(lm), "router_aux_loss_coef", None)  # where trainers set theirs (TRL does)
     if coef is None:
-        coef = getattr(_text_config(lm), "router_aux_loss_coef", None)
+        coef = getattr(lm, "router_aux_loss_coef", None)
     if coef is None:
         raise ValueError(f"{type(lm).__name__} returned a router aux loss but has no router_aux_loss_coef")
     return loss + coef * aux.to(loss.device)
@@ -310,11 +342,11 @@ def _normalise(total: torch.Tensor, num_items: Any, n_tokens: torch.Tensor) -> t
     return total / denom
 
 
-def _chunked_forward(lm, request: UALRequest, args: tuple, kwargs: dict, labels, num_items) -> Any:
+def _chunked_forward(lm, request: UALRequest, args: tuple, kwargs: dict, labels, num_items, fused: bool) -> Any:
     if lm._ual_accepts_logits_to_keep and not request.keep_logits:
         kwargs["logits_to_keep"] = 1  # the model's own projection then covers one position only
     softcap, scale = lm._ual_logit_transform
-    call = _HeadCall(request, labels[:, 1:], kwargs.get("position_ids"), softcap, scale)
+    call = _HeadCall(request, labels[:, 1:], kwargs.get("position_ids"), softcap, scale, token_outputs=fused)
     request._head = call
     recorder = lm.get_output_embeddings().register_forward_hook(call.record_output)
     try:
@@ -326,7 +358,28 @@ def _chunked_forward(lm, request: UALRequest, args: tuple, kwargs: dict, labels,
     total = call.summed_loss()
     _check_logits_once(lm, call, outputs)
     outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
+    stats = call.kernel_stats
+    _answer_trl(outputs, stats["n_tokens"], stats["n_correct"], stats.get("entropy_sum"))
+    if fused:
+        mask = call.targets != -100
+        _answer_trl_fused(outputs, -call.token_losses(), stats["token_entropies"], stats["token_top1"], mask)
     return outputs
+
+
+def _answer_trl(outputs: Any, n_valid: torch.Tensor, n_correct: torch.Tensor, entropy_sum: torch.Tensor | None) -> None:
+    """The counts TRL's ``chunked_nll`` contract reads (trl < 1.16), on the model's own output object."""
+    outputs.num_valid_tokens = n_valid
+    outputs.num_correct_tokens = n_correct
+    outputs.entropy_sum = entropy_sum
+
+
+def _answer_trl_fused(outputs: Any, log_probs: torch.Tensor, entropy: torch.Tensor, is_top1: torch.Tensor,
+                      mask: torch.Tensor) -> None:
+    """The per-token fields of TRL's fused-head contract (trl >= 1.16), zero where the label is ignored."""
+    outputs.log_probs = log_probs
+    outputs.entropy = entropy
+    outputs.is_top1 = is_top1
+    outputs.label_mask = mask
 
 
 def smoothing_correction(
@@ -346,7 +399,8 @@ def _trl_fused_forward(lm, request: UALRequest, args: tuple, kwargs: dict, label
     """UAL on TRL's fused log-prob head: -log p(y) + e * (z_y - mean_k z_k), the second term linear in z.
 
     With z = s * (h W^T + b) the correction is s * (h . (W[y] - mean_v W) + b[y] - mean(b)):
-    O(tokens x hidden) on TRL's kernel. Reads the head weight directly, so only unsharded.
+    O(tokens x hidden) on TRL's kernel. Reads the head weight directly, so only unsharded. The
+    per-token ``log_probs`` it returns are minus UAL's per-token loss, so TRL's NLL of them is UAL's.
     """
     with _capture_hidden(_backbone(lm)) as box:
         outputs = lm._ual_original_forward(*args, labels=labels, fused_lm_head=True, **kwargs)
@@ -354,24 +408,26 @@ def _trl_fused_forward(lm, request: UALRequest, args: tuple, kwargs: dict, label
     hidden = box["hidden"][:, :-1].to(head.weight.device)
     tgt = labels[:, 1:].to(head.weight.device)
     mask = tgt != -100
+    segments = segment_ids(kwargs.get("position_ids"), labels.shape, tgt.device)[:, 1:]
     if request.ppl is not None:
-        segments = segment_ids(kwargs.get("position_ids"), labels.shape, tgt.device)[:, 1:]
         eps = ppl_token_smoothing(request.ppl, -outputs.log_probs.detach(), segments, mask, update=request.update_ppl)
     else:
         eps = request.smoothing[:, 1:].to(device=tgt.device, dtype=torch.float32)
     safe = torch.where(mask, tgt, torch.zeros_like(tgt))
     correction = smoothing_correction(hidden, head.weight, head.bias, safe) * lm._ual_logit_transform[1]
-    total = -outputs.log_probs.float().sum() + (eps * correction * mask).sum()
-    is_top1 = getattr(outputs, "is_top1", None)
-    n_correct = (is_top1 & mask).sum() if is_top1 is not None else torch.zeros((), device=total.device)
-    per_sample, n_samples = sample_means(eps, segment_ids(kwargs.get("position_ids"), labels.shape, tgt.device)[:, 1:],
-                                         mask)
+    token_losses = -outputs.log_probs.float() + eps * correction * mask
+    total = token_losses.sum()
+    n_correct = (outputs.is_top1 & mask).sum()
+    per_sample, n_samples = sample_means(eps, segments, mask)
     _add(request.stats, smoothing_sum=(eps * mask).sum(), n_tokens=mask.sum(), n_correct=n_correct,
          sample_smoothing_sum=per_sample, n_samples=n_samples)
-    entropy = getattr(outputs, "entropy", None)
-    if request.entropy and entropy is not None:  # TRL's fused head computes it anyway
-        _add(request.stats, entropy_sum=(entropy.detach().float() * mask).sum(), entropy_tokens=mask.sum())
+    entropy_sum = (outputs.entropy.detach().float() * mask).sum()  # TRL's fused head computes it anyway
+    _add(request.stats, entropy_sum=entropy_sum, entropy_tokens=mask.sum())
+    if request.plain_nll:
+        _add(request.stats, nll_sum=-outputs.log_probs.detach().float().sum())
     outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
+    _answer_trl(outputs, mask.sum(), n_correct, entropy_sum)
+    _answer_trl_fused(outputs, -token_losses, outputs.entropy, outputs.is_top1, mask)
     return outputs
 
 
@@ -384,16 +440,19 @@ def _ual_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
             "UAL does not support context / sequence parallelism (the batch carries `shift_labels`): each rank would "
             "hold part of a sample, while UAL's smoothing is per sample. Train without context parallelism."
         )
+    fused = bool(kwargs.pop("fused_lm_head", False))  # TRL >= 1.16 asks for per-token log-probs this way
     labels = kwargs.pop("labels", None)
-    num_items = kwargs.pop("num_items_in_batch", None)
     if labels is None:
-        raise ValueError("UAL: the batch reached the model without `labels`")
+        if fused:
+            raise ValueError("UAL: the fused LM-head call reached the model without `labels`")
+        return self._ual_original_forward(*args, **kwargs)  # a logits-only forward (TRL's metrics), no loss
+    num_items = kwargs.pop("num_items_in_batch", None)
     kwargs["use_cache"] = False
     if request.backend == "trl_fused":
         return _trl_fused_forward(self, request, args, kwargs, labels, num_items)
     if request.backend != "chunked":
         raise ValueError(f"unknown UAL loss backend {request.backend!r}; expected 'chunked' or 'trl_fused'")
-    return _chunked_forward(self, request, args, kwargs, labels, num_items)
+    return _chunked_forward(self, request, args, kwargs, labels, num_items, fused)
 
 
 def _check_head(head: torch.nn.Module | None) -> None:

@@ -222,6 +222,7 @@ class _Plan:
     accum_dtype: torch.dtype
     skip_ignored: bool
     entropy: bool = False
+    token_stats: bool = False
 
 
 def _torch_rows_(
@@ -439,10 +440,18 @@ class _LinearSmoothedCE(torch.autograd.Function):
         if mask is not None:
             losses = losses.masked_fill_(~mask, 0.0)
         if stats is not None:
+            if mask is not None:
+                top1 &= mask
+                if entropy is not None:
+                    entropy.masked_fill_(~mask, 0.0)
             stats["n_tokens"] = count
-            stats["n_correct"] = (top1 if mask is None else top1 & mask).sum()
+            stats["n_correct"] = top1.sum()
             if entropy is not None:
-                stats["entropy_sum"] = (entropy if mask is None else entropy * mask).sum()
+                stats["entropy_sum"] = entropy.sum()
+            if plan.token_stats:  # laid out like the targets, zero (False) where ignored
+                for key, values in (("token_losses", losses), ("token_top1", top1), ("token_entropies", entropy)):
+                    if values is not None:
+                        stats[key] = _scatter_rows(values, rows, t_all.numel()).reshape(shape)
 
         ctx.plan = plan
         ctx.hidden_shape = hidden.shape
@@ -450,9 +459,7 @@ class _LinearSmoothedCE(torch.autograd.Function):
         if plan.reduction == "none":
             ctx.save_for_backward(h_all, weight, bias, t, e, sel)
             ctx.extra = (rows is None, want, chunk)
-            if rows is not None:
-                losses = torch.zeros(t_all.shape, dtype=torch.float32, device=device).index_copy_(0, rows, losses)
-            return losses.reshape(shape)
+            return _scatter_rows(losses, rows, t_all.numel()).reshape(shape)
         # Kept as a plain attribute (not saved tensors) so backward can drop our reference and autograd
         # can adopt grad_weight as the parameter's .grad without copying it.
         ctx.grads = grads if any(want) else None
@@ -496,6 +503,11 @@ class _LinearSmoothedCE(torch.autograd.Function):
         )
 
 
+def _scatter_rows(values: torch.Tensor, rows: torch.Tensor | None, n: int) -> torch.Tensor:
+    """``values`` of the selected ``rows`` placed in a zero vector of ``n`` (``values`` itself when all rows were)."""
+    return values if rows is None else values.new_zeros(n).index_copy_(0, rows, values)
+
+
 def linear_smoothed_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -512,6 +524,7 @@ def linear_smoothed_cross_entropy(
     accum_dtype: torch.dtype | None = None,
     skip_ignored: bool | None = None,
     entropy: bool = False,
+    token_stats: bool = False,
 ) -> torch.Tensor:
     """``smoothed_cross_entropy(hidden @ weight.T + bias, ...)`` without materialising [N, V] logits.
 
@@ -529,7 +542,9 @@ def linear_smoothed_cross_entropy(
     ignored rows run with weight 0 and the call makes no host sync.
     Pass a dict as ``stats`` to receive ``n_tokens`` (non-ignored targets) and ``n_correct``
     (targets that are the top-1 logit), both as 0-dim tensors on the device; with ``entropy=True``
-    also ``entropy_sum``, the predictive distributions' entropies summed over those targets.
+    also ``entropy_sum``, the predictive distributions' entropies summed over those targets; with
+    ``token_stats=True`` also ``token_losses``, ``token_top1`` (and ``token_entropies``) shaped like
+    ``targets``, zero where ignored: what a caller that reduces per token itself needs.
     Gradients are computed during the forward pass (for "mean" and "sum"): one backward per call.
     """
     _check_reduction(reduction)
@@ -552,6 +567,7 @@ def linear_smoothed_cross_entropy(
         accum_dtype=accum_dtype or torch.float32,
         skip_ignored=hidden.device.type == "cpu" if skip_ignored is None else bool(skip_ignored),
         entropy=bool(entropy) and stats is not None,
+        token_stats=bool(token_stats) and stats is not None,
     )
     eps = _smoothing_vector(smoothing, targets)
     return _LinearSmoothedCE.apply(hidden, weight, bias, targets, eps, plan, stats)

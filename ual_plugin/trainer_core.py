@@ -2,9 +2,10 @@
 
 It owns the ``ual_*`` behaviour: the PPL smoother, the loss entry installed in the model's
 forward, ``compute_loss`` (a ``UALRequest`` set around the framework's own ``compute_loss``, which
-runs ``model(**batch)`` and reads ``outputs.loss``), the metric window and its logging, and the
-PPL running mean saved with checkpoints. Adapters implement three hooks:
-``_ual_framework_loss``, ``_ual_store_metrics`` and (optionally) ``_ual_fused_head_available``.
+runs ``model(**batch)`` and reads the loss from its outputs), the metric window and its logging,
+and the PPL running mean saved with checkpoints. Adapters implement ``_ual_store_metrics`` and may
+override ``_ual_request_flags`` (what the framework's ``compute_loss`` reads from the outputs) and
+``_ual_fused_head_available``.
 """
 
 from __future__ import annotations
@@ -106,9 +107,13 @@ class UALTrainerCore:
     ual_loss_backend: str = "chunked"
 
     # ------------------------------------------------------------------ adapter hooks
-    def _ual_framework_loss(self, model, inputs: dict, num_items_in_batch: Any) -> tuple[torch.Tensor, Any]:
-        """(loss, outputs) from the framework's own ``compute_loss``, which calls ``model(**inputs)``."""
-        raise NotImplementedError
+    def _ual_request_flags(self, training: bool, return_outputs: bool, inputs: dict) -> dict[str, bool]:
+        """``UALRequest`` switches for one ``compute_loss`` call. The default suits a framework whose
+        ``compute_loss`` reads only ``outputs.loss``: the router loss is left to ``_ual_add_router_aux``,
+        full logits are built for evaluation with metrics, entropy is measured on logged steps."""
+        loss_only = inputs.get("_prediction_loss_only")  # SFTTrainer.prediction_step's note (trl < 1.16)
+        return {"router_aux": False, "keep_logits": return_outputs and not training and loss_only is not True,
+                "entropy": not training or self._ual_step_is_logged()}
 
     def _ual_store_metrics(self, mode: str, metrics: dict[str, float]) -> None:
         """Hand metrics to the framework's own metric mechanism before it logs."""
@@ -172,16 +177,20 @@ class UALTrainerCore:
                 f"UAL column mode: the batch has no '{TOKEN_COLUMN}' tensor (was the data collator replaced after the "
                 "trainer was built?)"
             )
+        if "labels" not in inputs:
+            raise ValueError("UAL: the batch has no `labels` (UAL trains on the label tokens)")
         install_ual_forward(model)  # a no-op while installed; back after train() took it off (evaluate, predict)
         training = model.training
-        loss_only = inputs.pop("_prediction_loss_only", None)  # SFTTrainer.prediction_step's note (trl 1.9)
+        flags = self._ual_request_flags(training, return_outputs, inputs)
         request = UALRequest(smoothing=smoothing, ppl=self._ual_ppl, update_ppl=training,
-                             backend=self.ual_loss_backend, router_aux=False,
-                             keep_logits=return_outputs and not training and loss_only is not True,
-                             plain_nll=not training, entropy=not training or self._ual_step_is_logged())
+                             backend=self.ual_loss_backend, plain_nll=not training, **flags)
+        want_outputs = return_outputs or not request.router_aux  # the router loss is added here from the outputs
         with ual_request(request):
-            loss, outputs = self._ual_framework_loss(model, inputs, num_items_in_batch)
-        loss = self._ual_add_router_aux(loss, outputs, num_items_in_batch)
+            result = super().compute_loss(model, inputs, return_outputs=want_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+        loss, outputs = result if want_outputs else (result, None)
+        if not request.router_aux:
+            loss = self._ual_add_router_aux(loss, outputs, num_items_in_batch)
         if "n_tokens" not in request.stats:
             raise RuntimeError(
                 "UAL: the model's forward did not compute the UAL loss (the UAL entry is not on this model, or the "

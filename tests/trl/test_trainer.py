@@ -440,9 +440,9 @@ def _tiny_mixtral_dir(tiny_model_dir, tmp_path):
     return str(tmp_path / "mixtral")
 
 
-def _router_delta(model_dir, tmp_path, **overrides):
-    """One SGD step's change of every parameter, and of the routers alone."""
-    tr = UALSFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), processing_class=AutoTokenizer.from_pretrained(model_dir),
+def _router_delta(model_dir, tmp_path, model_class=AutoModelForCausalLM, **overrides):
+    """One SGD step's change of the routers' parameters."""
+    tr = UALSFTTrainer(model=model_class.from_pretrained(model_dir), processing_class=AutoTokenizer.from_pretrained(model_dir),
                        train_dataset=prompt_completion(8), args=config(
                            tmp_path, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0,
                            weight_decay=0.0, max_steps=1, warmup_steps=0, train_sampling_strategy="sequential",
@@ -454,27 +454,62 @@ def _router_delta(model_dir, tmp_path, **overrides):
 
 
 @pytest.mark.parametrize("coef", [0.001, 5.0])
-def test_moe_router_loss_follows_the_trainers_coefficient_and_accumulation(tiny_model_dir, tmp_path, coef):
-    """At smoothing ~0, UALSFTTrainer's router update equals stock SFTTrainer's at GA 1, for a tiny and a large
-    router_aux_loss_coef; at GA 2 it is the one-big-batch update (and stock's, on trl >= 1.16)."""
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_moe_router_loss_follows_the_trainers_coefficient_and_accumulation(tiny_model_dir, tmp_path, coef,
+                                                                           accumulation):
+    """At smoothing ~0, UALSFTTrainer's update equals stock SFTTrainer's for a tiny and a large router_aux_loss_coef,
+    at GA 1 and 2: TRL's own compute_loss weights and accumulates the router loss in both."""
     import trl
     from packaging.version import Version
 
     model_dir = _tiny_mixtral_dir(tiny_model_dir, tmp_path)
-    common = dict(router_aux_loss_coef=coef, per_device_train_batch_size=8)
-    ual = _router_delta(model_dir, tmp_path / "u1", ual_alpha=1e-9, **common)
-    stock = _router_delta(model_dir, tmp_path / "s1", ual=False, loss_type="nll" if Version(trl.__version__) >= Version("1.16") else "chunked_nll", **common)
+    common = dict(router_aux_loss_coef=coef, per_device_train_batch_size=8 // accumulation,
+                  gradient_accumulation_steps=accumulation)
+    stock_loss = "nll" if Version(trl.__version__) >= Version("1.16") else "chunked_nll"
+    ual = _router_delta(model_dir, tmp_path / "u", ual_alpha=1e-9, **common)
+    stock = _router_delta(model_dir, tmp_path / "s", ual=False, loss_type=stock_loss, **common)
     assert rel_err(ual, stock) < 1e-4
-    accumulated = _router_delta(model_dir, tmp_path / "u2", ual_alpha=1e-9, router_aux_loss_coef=coef,
-                                per_device_train_batch_size=4, gradient_accumulation_steps=2)
-    # the aux loss is a per-micro-batch mean, so GA 2 is close to one batch, not equal; added once per
-    # micro-batch instead of averaged, it would scale the router update by about 1.5 at coef 5
-    slope = float(accumulated @ ual / (ual @ ual))
-    assert 0.9 < slope < 1.1
-    if Version(trl.__version__) >= Version("1.16"):
-        stock_acc = _router_delta(model_dir, tmp_path / "s2", ual=False, loss_type="nll", router_aux_loss_coef=coef,
-                                  per_device_train_batch_size=4, gradient_accumulation_steps=2)
-        assert rel_err(accumulated, stock_acc) < 1e-4
+    assert rel_err(ual, _router_delta(model_dir, tmp_path / "u5", ual_alpha=1e-9, **{**common, "router_aux_loss_coef":
+                                      coef * 2})) > 1e-3  # the coefficient reaches the router update
+
+
+def _tiny_vl_moe_dir(tiny_model_dir, tmp_path):
+    import transformers
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, moe_intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
+                decoder_sparse_step=1, max_position_embeddings=128, router_aux_loss_coef=0.02,
+                pad_token_id=tok.pad_token_id, rope_scaling={"rope_type": "default", "mrope_section": [2, 1, 1]})
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                  deepstack_visual_indexes=[])
+    torch.manual_seed(0)
+    model = transformers.Qwen3VLMoeForConditionalGeneration(transformers.Qwen3VLMoeConfig(text_config=text,
+                                                                                          vision_config=vision))
+    model.save_pretrained(tmp_path / "vl_moe")
+    tok.save_pretrained(tmp_path / "vl_moe")
+    return str(tmp_path / "vl_moe")
+
+
+def test_vision_language_moe_keeps_the_router_loss_stock_trains_with(tiny_model_dir, tmp_path):
+    """A vision-language MoE (Qwen3-VL-MoE) takes its router request as a forward argument, which SFTTrainer passes:
+    at smoothing ~0 the update equals stock SFTTrainer's, router included, and it depends on the coefficient."""
+    pytest.importorskip("transformers", minversion="5.0")
+    import trl
+    from packaging.version import Version
+
+    model_dir = _tiny_vl_moe_dir(tiny_model_dir, tmp_path)
+    stock_loss = "nll" if Version(trl.__version__) >= Version("1.16") else "chunked_nll"
+    from transformers import AutoModelForImageTextToText
+
+    vl = dict(model_class=AutoModelForImageTextToText)
+    ual = _router_delta(model_dir, tmp_path / "u", ual_alpha=1e-9, router_aux_loss_coef=5.0, **vl)
+    stock = _router_delta(model_dir, tmp_path / "s", ual=False, loss_type=stock_loss, router_aux_loss_coef=5.0, **vl)
+    assert ual.numel() > 0 and rel_err(ual, stock) < 1e-4
+    if Version(trl.__version__) >= Version("1.16"):  # trl 1.9 leaves it out: the text config has no
+        # output_router_logits, which it takes as "not MoE"; UAL then matches that, as asserted above
+        small = _router_delta(model_dir, tmp_path / "u0", ual_alpha=1e-9, router_aux_loss_coef=0.001, **vl)
+        assert rel_err(ual, small) > 1e-3
 
 
 @pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])

@@ -7,6 +7,7 @@ PPL mode, ``ual_ppl_running_mean``). This adapter adds what is Axolotl-specific:
   and applies the same map to the evaluation set; PPL mode needs no score;
 - the collators Axolotl built are wrapped (``UALCollator``) so ``ual_smoothing`` reaches the batch;
 - metrics go through ``AxolotlTrainer.store_metrics``.
+Axolotl's own ``compute_loss`` runs under the request (it keeps its token counts and model quirks).
 """
 
 from __future__ import annotations
@@ -116,11 +117,6 @@ class UALAxolotlTrainer(UALTrainerCore, AxolotlTrainer):
             self._signature_columns = [*self._signature_columns, SCORE_COLUMN]
 
     # ------------------------------------------------------------------ loss and metrics
-    def _ual_framework_loss(self, model, inputs, num_items_in_batch):
-        # Axolotl's compute_loss keeps its token counts and model quirks, then Trainer.compute_loss runs the model
-        return AxolotlTrainer.compute_loss(self, model, inputs, return_outputs=True,
-                                           num_items_in_batch=num_items_in_batch)
-
     def _ual_store_metrics(self, mode: str, metrics: dict[str, float]) -> None:
         prefix = "eval_" if mode == "eval" else ""
         self.store_metrics({f"{prefix}{key}": value for key, value in metrics.items()}, train_eval=mode)

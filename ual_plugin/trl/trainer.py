@@ -1,12 +1,15 @@
 """``UALSFTTrainer``: TRL's ``SFTTrainer`` with the UAL loss.
 
 The shared ``UALTrainerCore`` installs the loss in the model's forward, sets each batch's request
-around ``compute_loss`` and logs ``ual_smoothing``. This adapter adds what is TRL-specific:
-- dataset preparation, so each sample's smoothing becomes a per-token ``ual_smoothing`` column
-  before truncation and packing (TRL's own packing would drop it);
-- the collator (wrapped, not replaced), so that column reaches the batch aligned with the tokens;
-- the loss call: ``Trainer.compute_loss`` reads the model's ``outputs.loss`` (``SFTTrainer``'s own
-  computes a loss from TRL's fused head instead), and metrics go through TRL's ``_metrics``.
+around ``SFTTrainer.compute_loss`` and logs ``ual_smoothing``. TRL's method runs as it is: it asks
+the model for its loss in its own contract (``outputs.loss`` with ``chunked_nll`` counts on trl
+1.9, per-token ``log_probs`` from ``fused_lm_head=True`` on trl >= 1.16), which the UAL forward
+answers with UAL's loss; TRL keeps its normalisation, router-loss weighting, entropy, accuracy and
+token-count metrics. This adapter adds what is TRL-specific:
+- dataset preparation, so each sample's smoothing travels as one float32 per sample (or, packed,
+  per token) through truncation and packing (TRL's own packing would drop it);
+- the collator (wrapped, not replaced), so the smoothing reaches the batch aligned with the tokens;
+- metrics UAL adds go through TRL's ``_metrics``.
 """
 
 from __future__ import annotations
@@ -14,9 +17,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
 from datasets import Dataset, IterableDataset, Sequence, Value
-from transformers import Trainer
 from trl import SFTTrainer
 from trl.data_utils import pack_dataset
 
@@ -185,25 +186,24 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
         return dataset.filter(lambda ex: any(label != -100 for label in ex["labels"]), **map_kwargs)
 
     # ------------------------------------------------------------------ loss and metrics
-    def _ual_framework_loss(self, model, inputs, num_items_in_batch):
-        if getattr(self, "aux_loss_enabled", False):  # as SFTTrainer does: VLM MoE wrappers need it as an input
-            inputs["output_router_logits"] = True
-        if model.training:  # TRL's `num_tokens` metric, which its compute_loss (not called) keeps
-            self._total_train_tokens += self._tokens_in_batch(inputs)
-            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-        return Trainer.compute_loss(self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-
-    def _tokens_in_batch(self, inputs) -> int:
-        if "attention_mask" in inputs:
-            local = inputs["attention_mask"].sum()
-        else:
-            local = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
-        return int(self.accelerator.gather_for_metrics(local).sum())
-
-    def _ual_router_aux_coef(self) -> float:
-        """TRL's ``router_aux_loss_coef`` (0 when SFTTrainer turned the router loss off)."""
-        return float(self.args.router_aux_loss_coef) if getattr(self, "aux_loss_enabled", False) else 0.0
+    def _ual_request_flags(self, training: bool, return_outputs: bool, inputs: dict) -> dict[str, bool]:
+        """What ``SFTTrainer.compute_loss`` reads: on trl >= 1.16 the fused head's per-token fields (their entropy
+        included; logits for metrics come from TRL's own second forward); on trl < 1.16 ``outputs.loss`` with the
+        router loss in it, plus ``entropy_sum`` every step (``chunked_nll``) or the full logits (``nll``)."""
+        flags = super()._ual_request_flags(training, return_outputs, inputs)
+        flags["router_aux"] = True
+        if self._ual_fused_head_available():
+            flags.update(keep_logits=False, entropy=False)
+        elif self.args.loss_type == "chunked_nll":
+            flags["entropy"] = True
+        else:  # 'nll': TRL computes its entropy and accuracy from the full logits
+            flags.update(keep_logits=True, entropy=False)
+        return flags
 
     def _ual_store_metrics(self, mode: str, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():  # SFTTrainer.log averages them and adds the eval_ prefix
-            self._metrics[mode][key].append(value)
+            if key not in _TRL_OWN_METRICS:
+                self._metrics[mode][key].append(value)
+
+
+_TRL_OWN_METRICS = ("entropy", "mean_token_accuracy")  # SFTTrainer.compute_loss logs them from the UAL outputs
