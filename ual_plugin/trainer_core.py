@@ -123,7 +123,7 @@ class UALTrainerCore:
         return False
 
     def _ual_router_aux_coef(self) -> float:
-        """Weight of the MoE router loss: the model's own (its config's), unless the framework sets one."""
+        """Weight of the MoE router loss added by ``_ual_add_router_aux``: the model config's."""
         lm = unwrap_model(self.model)
         config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
         return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)

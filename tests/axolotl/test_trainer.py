@@ -37,7 +37,7 @@ def parts(workspace):
     return tok, rows
 
 
-def make_trainer(workspace, tmp_path, rows, tok, **ual):
+def make_trainer(workspace, tmp_path, rows, tok, model_dir=None, **ual):
     from axolotl.core.trainers.base import AxolotlTrainer  # noqa: F401  (import order: trainer before args)
     from axolotl.core.training_args import AxolotlTrainingArguments
     from axolotl.utils.collators import DataCollatorForSeq2Seq
@@ -56,7 +56,7 @@ def make_trainer(workspace, tmp_path, rows, tok, **ual):
     args = Args(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to=[], use_cpu=True,
                 average_tokens_across_devices=True, include_tkps=False, ual=True, **ual)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(workspace.model)
+    model = AutoModelForCausalLM.from_pretrained(model_dir or workspace.model)
     collator = DataCollatorForSeq2Seq(tok, padding=True, pad_to_multiple_of=8, return_tensors="pt")
     train = Dataset.from_list(rows[:8])
     evaluation = Dataset.from_list(rows[8:])
@@ -176,3 +176,45 @@ def test_uniform_mode_smooths_every_token_with_alpha(workspace, tmp_path, parts)
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, dict(batch))
     assert loss.item() == pytest.approx(float(total) / n, rel=1e-5)
+
+
+def _tiny_mixtral(tok, path, coef):
+    import transformers
+
+    cfg = transformers.MixtralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                     num_experts_per_tok=2, max_position_embeddings=256, output_router_logits=True,
+                                     router_aux_loss_coef=coef, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    transformers.MixtralForCausalLM(cfg).save_pretrained(path)
+    return str(path)
+
+
+def _router_grad(trainer, batches, n_items):
+    """The routers' gradient of one optimizer step over ``batches`` (accumulated as Trainer accumulates)."""
+    trainer.model.train()
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.current_gradient_accumulation_steps = len(batches)
+    for b in batches:
+        trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=n_items).backward()
+    return torch.cat([p.grad.flatten() for k, p in trainer.model.named_parameters()
+                      if "gate" in k and "expert" not in k and p.grad is not None])
+
+
+def test_moe_router_loss_at_the_configs_weight_and_averaged_over_accumulation(workspace, tmp_path, parts):
+    """A tiny Mixtral at smoothing ~0: the router gradient follows the config's router_aux_loss_coef, and GA 2 gives
+    about one batch's router gradient (the aux loss is a per-micro-batch mean); added once per micro-batch instead of
+    averaged, it would be about twice that at a large coefficient."""
+    tok, rows = parts
+    grads = {}
+    for coef in (0.001, 5.0):
+        trainer = make_trainer(workspace, tmp_path / str(coef), rows, tok, _tiny_mixtral(tok, tmp_path / f"m{coef}", coef),
+                               ual_alpha=1e-9)
+        batch = trainer.data_collator([dict(r) for r in rows[:4]])
+        n_items = (batch["labels"][:, 1:] != -100).sum()
+        halves = [trainer.data_collator([dict(r) for r in rows[i : i + 2]]) for i in (0, 2)]
+        grads[coef] = (_router_grad(trainer, [batch], n_items), _router_grad(trainer, halves, n_items))
+    one, accumulated = grads[5.0]
+    assert float((grads[0.001][0] - one).norm() / one.norm()) > 1e-2  # the coefficient reaches the routers
+    slope = float(accumulated @ one / (one @ one))
+    assert 0.85 < slope < 1.15

@@ -28,3 +28,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
             assert budget["per_token"] == pytest.approx(0.1, abs=1e-6)
     assert (tmp_path / "demo_results.png").stat().st_size > 10_000
     assert summary["verdict"].startswith("Of 7 primary endpoints")
+    # PPL mode's two running means, both shown: each logged a mean smoothing at every logging step
+    ppl = on_disk["ppl_mode_mean_smoothing"]
+    assert set(ppl) == {"ual_ppl_window=64", "ual_ppl_window=0"}
+    assert all(points and all(0 < v < 1 for _, v in points) for points in ppl.values())
+    assert "ual_ppl_window=0 (the paper's mean over all history)" in out

@@ -89,6 +89,7 @@ def run_demo(s: DemoSettings) -> dict:
 
     from ual_plugin.demo.evaluate import METRICS, evaluate
     from ual_plugin.demo.figure import plot_results
+    from ual_plugin.demo.ppl_means import format_ppl_means, ppl_mean_smoothing
     from ual_plugin.demo.pretrain import pretrain
     from ual_plugin.demo.report import (
         check_seeds,
@@ -167,6 +168,11 @@ def run_demo(s: DemoSettings) -> dict:
         print(f"      {a.label:<17} per sample {ps:.4f}, per label token {pt:.4f}: {a.description}")
     print("      UAL's uncertainty: 80 for open-ended rows, 5 for fact rows (a stand-in for an LLM judge). Open-ended "
           "replies name two members (3 label tokens), facts one (2), so the per-sample and per-token means differ.")
+    ppl_curves = ppl_mean_smoothing(base_dir, finetuning_rows(World.draw(s.seeds[0])), s.alpha, s.seeds[0], cfg)
+    print(f"      PPL mode (smoothing from each sample's perplexity, no scores), seed {s.seeds[0]}: the logged mean "
+          "smoothing per label token with either running mean")
+    for line in format_ppl_means(ppl_curves, s.alpha):
+        print(f"        {line}")
 
     stats = summarise(results)
     endpoints = primary_endpoints({k: v for k, v in results.items() if k != "base"})
@@ -191,6 +197,7 @@ def run_demo(s: DemoSettings) -> dict:
                                   for seed in s.seeds},
                      "summary": stats[k]} for k in results},
         "primary_endpoints": endpoints,
+        "ppl_mode_mean_smoothing": {f"ual_ppl_window={w}": points for w, points in ppl_curves.items()},
         "secondary_comparisons": secondary({k: v for k, v in results.items() if k != "base"}),
         "verdict": verdict,
     }

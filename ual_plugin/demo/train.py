@@ -54,7 +54,7 @@ def train_arm(model_dir: Path, rows: list[dict], options: dict, seed: int, cfg: 
             learning_rate=cfg.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
             logging_steps=cfg.logging_steps, save_strategy="no", report_to=[], use_cpu=cfg.use_cpu, bf16=cfg.bf16,
             seed=seed,
-            data_seed=seed, max_length=cfg.max_length, disable_tqdm=True, loss_type="nll", dataset_num_proc=None,
+            data_seed=seed, max_length=cfg.max_length, disable_tqdm=True, dataset_num_proc=None,
             assistant_only_loss=True, gradient_checkpointing=False, **options,
         )
         peft_config = None
