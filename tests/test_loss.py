@@ -188,18 +188,44 @@ def entropy_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_index:
     return (-(logp.exp() * logp).sum(-1) * (targets != ignore_index)).sum()
 
 
+@pytest.mark.parametrize("chunk", [9, 40], ids=["chunk9", "chunk40"])  # 40 rows: several entropy row blocks
 @pytest.mark.parametrize("skip_ignored", [True, False])
 @pytest.mark.parametrize("softcap", [None, 5.0])
-def test_linear_entropy_stat_matches_softmax_entropy(softcap, skip_ignored):
+def test_linear_entropy_stat_matches_softmax_entropy(softcap, skip_ignored, chunk):
     hidden, weight, bias, targets, eps = make_case(seed=6, with_bias=True)
     stats: dict = {}
     out = linear_smoothed_cross_entropy(hidden, weight, targets, eps, bias=bias, softcap=softcap, logit_scale=0.5,
-                                        chunk_size=9, stats=stats, entropy=True, skip_ignored=skip_ignored)
+                                        chunk_size=chunk, stats=stats, entropy=True, skip_ignored=skip_ignored)
     logits = (hidden @ weight.t() + bias) * 0.5
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
     torch.testing.assert_close(stats["entropy_sum"].double(), entropy_reference(logits, targets), rtol=1e-5, atol=1e-5)
     # asking for the entropy changes neither the loss nor its gradients
     again = linear_smoothed_cross_entropy(hidden, weight, targets, eps, bias=bias, softcap=softcap, logit_scale=0.5,
-                                          chunk_size=9, skip_ignored=skip_ignored)
+                                          chunk_size=chunk, skip_ignored=skip_ignored)
     torch.testing.assert_close(out, again, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("skip_ignored", [True, False])
+def test_token_stats_are_the_per_token_values_laid_out_like_the_targets(skip_ignored):
+    """token_stats=True: per-token losses (those of reduction='none'), top-1 flags and entropies, zero where ignored,
+    while the summed loss and its gradients stay those of a call without them."""
+    hidden, weight, bias, targets, eps = make_case(seed=7, with_bias=True)
+    targets = targets.reshape(5, 8)
+    hidden, eps = hidden.detach().reshape(5, 8, -1).requires_grad_(), eps.reshape(5, 8)
+    stats: dict = {}
+    total = linear_smoothed_cross_entropy(hidden, weight, targets, eps, bias=bias, reduction="sum", chunk_size=11,
+                                          stats=stats, entropy=True, token_stats=True, skip_ignored=skip_ignored)
+    mask = targets != -100
+    per_token = linear_smoothed_cross_entropy(hidden, weight, targets, eps, bias=bias, reduction="none")
+    logits = (hidden @ weight.t() + bias).detach()
+    for key in ("token_losses", "token_top1", "token_entropies"):
+        assert stats[key].shape == targets.shape and not stats[key][~mask].any()
+    torch.testing.assert_close(stats["token_losses"], per_token.detach(), rtol=1e-6, atol=1e-6)
+    assert torch.equal(stats["token_top1"], (logits.argmax(-1) == targets) & mask)
+    logp = logits.double().log_softmax(-1)
+    torch.testing.assert_close(stats["token_entropies"].double(), -(logp.exp() * logp).sum(-1) * mask, rtol=1e-5,
+                               atol=1e-6)
+    plain = linear_smoothed_cross_entropy(hidden, weight, targets, eps, bias=bias, reduction="sum", chunk_size=11,
+                                          skip_ignored=skip_ignored)
+    torch.testing.assert_close(total, plain, rtol=0, atol=0)

@@ -141,3 +141,18 @@ def test_ual_check_console_script_flags_the_trap(workspace, tmp_path):
                           timeout=300)
     assert proc.returncode == INACTIVE, proc.stdout + proc.stderr
     assert "PLAIN SFT" in proc.stdout
+
+
+def test_axolotl_fp8_probe_failing_without_cuda_still_validates(workspace, tmp_path, capsys, monkeypatch):
+    """Axolotl 0.17 / 0.18's fp8 probe asserts on a torch built without CUDA: the config is still validated (fp8
+    taken as unsupported), with a note that `axolotl train` cannot start on such a machine."""
+    from axolotl.cli import config as axolotl_config
+
+    def cuda_probe():
+        raise AssertionError("Torch not compiled with CUDA enabled")
+
+    monkeypatch.setattr(axolotl_config, "compute_supports_fp8", cuda_probe)
+    status, out = check(write(tmp_path, workspace.base_config("check")), capsys)
+    assert status == ACTIVE, out
+    assert "fp8 probe fails on a torch built without CUDA" in out
+    assert axolotl_config.compute_supports_fp8 is cuda_probe  # put back as it was

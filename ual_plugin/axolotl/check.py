@@ -53,22 +53,45 @@ def _plugin_import_error(name: str) -> str | None:
     return None
 
 
-def _validate(raw: dict[str, Any]) -> tuple[Any, str | None]:
-    """Axolotl's own validation of the config: (validated cfg, None) or (None, error message)."""
+_NO_CUDA_NOTE = (
+    "  note: this Axolotl's fp8 probe fails on a torch built without CUDA (Axolotl 0.19 fixed it), so "
+    "`axolotl train` cannot start on this machine; validated here as if fp8 were unsupported"
+)
+
+
+def _capabilities(axolotl_config: Any) -> tuple[dict, dict, bool]:
+    """Axolotl's ``gpu_capabilities()``, plus whether its fp8 probe had to be taken as False (Axolotl 0.17 / 0.18
+    assert on a torch built without CUDA)."""
     try:
-        from axolotl.cli.config import gpu_capabilities, prepare_plugins
+        return (*axolotl_config.gpu_capabilities(), False)
+    except AssertionError:
+        probe = axolotl_config.compute_supports_fp8
+        axolotl_config.compute_supports_fp8 = lambda: False
+        try:
+            return (*axolotl_config.gpu_capabilities(), True)
+        finally:
+            axolotl_config.compute_supports_fp8 = probe
+
+
+def _validate(raw: dict[str, Any]) -> tuple[Any, str | None, list[str]]:
+    """Axolotl's own validation of the config: (validated cfg, None, notes) or (None, error message, notes)."""
+    try:
+        from axolotl.cli import config as axolotl_config
         from axolotl.utils.config import validate_config
         from axolotl.utils.dict import DictDefault
     except Exception as err:
-        return None, f"axolotl cannot be imported here ({type(err).__name__}: {err})"
+        return None, f"axolotl cannot be imported here ({type(err).__name__}: {err})", []
     cfg = DictDefault(raw)
+    notes: list[str] = []
     try:
-        prepare_plugins(cfg)
-        capabilities, env_capabilities = gpu_capabilities()
+        axolotl_config.prepare_plugins(cfg)
+        capabilities, env_capabilities, no_cuda = _capabilities(axolotl_config)
+        if no_cuda:
+            notes.append(_NO_CUDA_NOTE)
         validated = validate_config(cfg, capabilities=capabilities, env_capabilities=env_capabilities)
     except Exception as err:
-        return None, f"{type(err).__name__}: {err}"
-    return validated, None
+        return None, f"{type(err).__name__}: {err}", notes
+    return validated, None, notes
 
 
 def check(path: str, validate: bool = True) -> tuple[int, list[str]]:
@@ -135,7 +158,8 @@ def check(path: str, validate: bool = True) -> tuple[int, list[str]]:
         lines.append("  UAL will be active (if Axolotl accepts the rest of the config).")
         return ACTIVE, lines
 
-    cfg, error = _validate(raw)
+    cfg, error, notes = _validate(raw)
+    lines += notes
     if error is not None:
         lines += [f"  ERROR: Axolotl rejects this config: {error}"]
         return INVALID, lines
