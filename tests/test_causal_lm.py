@@ -246,19 +246,24 @@ def test_fused_correction_needs_no_float32_copy_of_the_head():
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("contract", ["loss", "fused"], ids=["outputs.loss", "fused_log_probs"])
 @pytest.mark.parametrize("n", [3, 7])
-def test_bf16_autocast_does_not_round_the_scale(n):
+def test_bf16_autocast_does_not_round_the_scale(n, contract):
     """fp32 weights under bf16 autocast (TRL's bf16=True): the head gradient at num_items=N is exactly
-    1/N of the one at N=1, however the head's bf16 output would round 1/N."""
+    1/N of the one at N=1, however the head's bf16 output would round 1/N; through ``outputs.loss`` and
+    through the fused contract's per-token log-probs, which TRL >= 1.16 reduces as ``-sum / N``."""
     model = tiny_llama()
     ids, labels, smoothing = batch()
     install_ual_forward(model)
 
     def head_grad(num_items: int) -> torch.Tensor:
         model.zero_grad(set_to_none=True)
+        n_items = torch.tensor(num_items)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = ual_forward(model, ids, labels, UALRequest(smoothing=smoothing), num_items=torch.tensor(num_items))
-        out.loss.backward()
+            out = ual_forward(model, ids, labels, UALRequest(smoothing=smoothing), num_items=n_items,
+                              **({"fused_lm_head": True} if contract == "fused" else {}))
+        loss = out.loss if contract == "loss" else -out.log_probs.sum() / n_items
+        loss.backward()
         return model.lm_head.weight.grad.detach().clone()
 
     one, scaled = head_grad(1), head_grad(n)

@@ -99,6 +99,9 @@ def test_two_processes_match_one(setup):
     proc = subprocess.run(_command(src, out, model), env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count(f"scored {N_ROWS}/{N_ROWS} rows (0 from the cache)") == 1, proc.stdout
+    batches = N_ROWS // 2
+    for rank in (0, 1):  # each process scores its half, not every row
+        assert f"process {rank} of 2 scores {batches // 2} of {batches} batches" in proc.stderr, proc.stderr[-3000:]
     _assert_same_scores(out, single)
     keys = _reply_keys(out)
     assert len(keys) == N_ROWS == len(set(keys))  # the one cache holds every row once

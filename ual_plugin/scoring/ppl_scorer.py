@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,16 +109,26 @@ def response_perplexities(model: Any, batch: Sequence[Encoded], pad_id: int) -> 
     return [float(x) for x in ppl.double()]
 
 
-def launch_state() -> Any:
+def launch_state(device: str | None = None) -> Any:
     """accelerate's ``PartialState`` when started by ``torchrun`` / ``accelerate launch`` with several
-    processes, else None (one process)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    processes, else None (one process). On CPU (``--device cpu``, or no accelerator) the processes
+    join over gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
         return None
     try:
+        import torch
         from accelerate import PartialState
     except ImportError as err:
         raise RuntimeError("--scorer ppl on several processes needs accelerate (pip install accelerate)") from err
-    state = PartialState()
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6; CUDA alone before
+    has_accelerator = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    cpu = device == "cpu" or (device in (None, "auto") and not has_accelerator)
+    state = PartialState(cpu=cpu)
+    if state.num_processes != world:  # each process would score every row
+        raise RuntimeError(f"--scorer ppl: the launch started {world} processes, but accelerate joined "
+                           f"{state.num_processes}; check the launcher's settings (e.g. `accelerate launch --cpu` on a "
+                           "machine without GPUs)")
     state.wait_for_everyone()  # every process has read the cache before the first one writes to it
     return state
 
@@ -144,7 +155,7 @@ def score_ppl(jobs: Sequence[tuple[str, Sequence[dict[str, str]]]], opts: Any, c
     """
     from tqdm.auto import tqdm
 
-    state = launch_state()
+    state = launch_state(opts.device)
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     device = opts.device if state is None or opts.device not in (None, "auto") else str(state.device)
     stats = RunStats()
@@ -162,6 +173,9 @@ def score_ppl(jobs: Sequence[tuple[str, Sequence[dict[str, str]]]], opts: Any, c
     encoded.sort(key=lambda kv: len(kv[1].ids))  # similar lengths per batch: less padding
     size = opts.ppl_batch_size
     batches = [encoded[start: start + size] for start in range(0, len(encoded), size)]
+    if state is not None:
+        print(f"perplexity: process {rank} of {world} scores {len(batches[rank::world])} of {len(batches)} batches",
+              file=sys.stderr, flush=True)
     with tqdm(total=len(encoded), unit="sample", desc="perplexity", disable=not opts.show_progress or rank != 0,
               dynamic_ncols=True) as bar:
         for first in range(0, len(batches), world):
