@@ -237,6 +237,25 @@ def test_trains_and_logs_ual_smoothing_with_eval_sets(tiny_model_dir, tmp_path):
     assert all(0.0 < h["entropy"] <= np.log(len(tr.processing_class)) for h in logs if "loss" in h)
 
 
+@pytest.mark.parametrize("loss_type", [None, "nll"], ids=["trl_default", "nll"])
+def test_trls_own_training_metrics_equal_stocks_at_smoothing_zero(tiny_model_dir, tmp_path, loss_type):
+    """SFTTrainer.compute_loss runs under UAL and computes its own loss, entropy, accuracy and num_tokens from the
+    UAL outputs: at smoothing ~0 every logged value equals stock SFTTrainer's (trl 1.9: chunked_nll by default, and
+    an explicit 'nll'; trl >= 1.16: the fused head)."""
+    ds = prompt_completion(16)
+    common = dict(max_steps=3, logging_steps=1, **({"loss_type": loss_type} if loss_type else {}))
+    runs = {}
+    for name, extra in (("ual", dict(ual_alpha=1e-9)), ("stock", dict(ual=False))):
+        tr = trainer(tiny_model_dir, ds, tmp_path / name, **common, **extra)
+        tr.train()
+        runs[name] = [h for h in tr.state.log_history if "loss" in h]
+    assert len(runs["ual"]) == len(runs["stock"]) == 3
+    for ours, theirs in zip(runs["ual"], runs["stock"], strict=True):
+        for key in ("loss", "entropy", "mean_token_accuracy", "num_tokens", "grad_norm"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
+        assert "ual_smoothing" in ours and "ual_smoothing" not in theirs
+
+
 def test_ppl_mode_needs_no_column_and_logs(tiny_model_dir, tmp_path):
     ds = prompt_completion(12).remove_columns("uncertainty")
     tr = trainer(tiny_model_dir, ds, tmp_path, ual_mode="ppl", ual_alpha=0.1, max_steps=3, packing=True,
