@@ -38,6 +38,6 @@ def format_ppl_means(curves: dict[int, list], alpha: float) -> list[str]:
         name = f"ual_ppl_window={window}" + (" (default)" if window == DEFAULT_PPL_WINDOW else
                                               " (the paper's mean over all history)")
         values = ", ".join(f"{v:.3f}" for _, v in points)
-        lines.append(f"{name:<50} steps {points[0][0]}..{points[-1][0]}: {values}" if points else f"{name}: no logs")
+        lines.append(f"{name:<53} steps {points[0][0]}..{points[-1][0]}: {values}" if points else f"{name}: no logs")
     lines.append(f"(alpha = {alpha}: the smoothing the mean sample is meant to get)")
     return lines
