@@ -154,6 +154,7 @@ class _HeadCall:
     upstream: torch.Tensor | None = None  # the loss's incoming gradient, handed from _EmitLoss to _CarryLoss
     last_logits: torch.Tensor | None = None  # the last position's logits as UAL's loss sees them
     kernel_stats: dict[str, torch.Tensor] = field(default_factory=dict)  # this forward's counts from the kernel
+    mask: torch.Tensor | None = None  # which targets are label tokens (set by ``loss``)
 
     def token_smoothing(self, head: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         request = self.request
@@ -171,7 +172,7 @@ class _HeadCall:
 
     def loss(self, head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         self.targets = self.targets.to(hidden.device)
-        mask = self.targets != -100
+        mask = self.mask = self.targets != -100
         eps = self.token_smoothing(head, hidden, mask)
         stats = self.kernel_stats
         want_entropy = self.request.entropy or self.token_outputs  # TRL's fused contract always carries it
@@ -218,7 +219,7 @@ class _HeadCall:
     def token_losses(self) -> torch.Tensor:
         """Each label token's loss ([B, T-1], zero where ignored), whose gradient reaches the summed loss the same
         way; the caller must reduce it with one weight for every token (a sum or a mean, as TRL's NLL does)."""
-        return self._emit(self.kernel_stats.get("token_losses"), self.targets != -100)
+        return self._emit(self.kernel_stats.get("token_losses"), self.mask)
 
     def _emit(self, value: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         if value is None or not isinstance(self.output, torch.Tensor):
@@ -361,8 +362,7 @@ def _chunked_forward(lm, request: UALRequest, args: tuple, kwargs: dict, labels,
     stats = call.kernel_stats
     _answer_trl(outputs, stats["n_tokens"], stats["n_correct"], stats.get("entropy_sum"))
     if fused:
-        mask = call.targets != -100
-        _answer_trl_fused(outputs, -call.token_losses(), stats["token_entropies"], stats["token_top1"], mask)
+        _answer_trl_fused(outputs, -call.token_losses(), stats["token_entropies"], stats["token_top1"], call.mask)
     return outputs
 
 
@@ -427,7 +427,7 @@ def _trl_fused_forward(lm, request: UALRequest, args: tuple, kwargs: dict, label
         _add(request.stats, nll_sum=-outputs.log_probs.detach().float().sum())
     outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
     _answer_trl(outputs, mask.sum(), n_correct, entropy_sum)
-    _answer_trl_fused(outputs, -token_losses, outputs.entropy, outputs.is_top1, mask)
+    outputs.log_probs = -token_losses  # TRL's head already set entropy, is_top1 and label_mask
     return outputs
 
 

@@ -34,6 +34,13 @@ from ual_plugin.trainer_core import UALTrainerCore
 from ual_plugin.trl.collator import UALCollator
 from ual_plugin.trl.config import UALSFTConfig
 
+try:  # trl >= 1.16 adds a fused LM head to every model; its compute_loss then asks for per-token log-probs
+    from trl.trainer.utils import add_fused_lm_head  # noqa: F401
+
+    _TRL_HAS_FUSED_HEAD = True
+except ImportError:
+    _TRL_HAS_FUSED_HEAD = False
+
 _SAMPLE_COLUMN = "_ual_sample_smoothing"
 LOG = logging.getLogger("ual_plugin")
 
@@ -82,11 +89,7 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
             )
 
     def _ual_fused_head_available(self) -> bool:
-        try:
-            from trl.trainer.utils import add_fused_lm_head  # noqa: F401  (trl >= 1.16 adds it to every model)
-        except ImportError:
-            return False
-        return True
+        return _TRL_HAS_FUSED_HEAD
 
     # ------------------------------------------------------------------ data
     def _set_signature_columns_if_needed(self):
