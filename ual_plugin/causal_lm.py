@@ -36,6 +36,7 @@ import torch
 
 from ual_plugin.data import sample_means, segment_ids
 from ual_plugin.loss import linear_smoothed_cross_entropy
+from ual_plugin.outputs import with_fields
 from ual_plugin.ppl import PPLSmoother, ppl_token_smoothing
 
 
@@ -80,9 +81,15 @@ def ual_request(request: UALRequest) -> Iterator[UALRequest]:
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare ``PreTrainedModel``: strips DDP/accelerate (``.module``) and PEFT wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
+    """The bare ``PreTrainedModel``: strips ``torch.compile`` (``._orig_mod``), DDP/accelerate (``.module``) and PEFT
+    wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        model = inner
     if hasattr(model, "get_base_model") and callable(model.get_base_model):
         model = model.get_base_model()
     return model
@@ -358,28 +365,18 @@ def _chunked_forward(lm, request: UALRequest, args: tuple, kwargs: dict, labels,
         request._head = None
     total = call.summed_loss()
     _check_logits_once(lm, call, outputs)
-    outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
+    loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
     stats = call.kernel_stats
-    _answer_trl(outputs, stats["n_tokens"], stats["n_correct"], stats.get("entropy_sum"))
-    if fused:
-        _answer_trl_fused(outputs, -call.token_losses(), stats["token_entropies"], stats["token_top1"], call.mask)
-    return outputs
+    answers = _trl_counts(stats["n_tokens"], stats["n_correct"], stats.get("entropy_sum"))
+    if fused:  # TRL's fused-head contract (trl >= 1.16): per-token fields, zero where the label is ignored
+        answers.update(log_probs=-call.token_losses(), entropy=stats["token_entropies"],
+                       is_top1=stats["token_top1"], label_mask=call.mask)
+    return with_fields(outputs, loss=loss, **answers)
 
 
-def _answer_trl(outputs: Any, n_valid: torch.Tensor, n_correct: torch.Tensor, entropy_sum: torch.Tensor | None) -> None:
-    """The counts TRL's ``chunked_nll`` contract reads (trl < 1.16), on the model's own output object."""
-    outputs.num_valid_tokens = n_valid
-    outputs.num_correct_tokens = n_correct
-    outputs.entropy_sum = entropy_sum
-
-
-def _answer_trl_fused(outputs: Any, log_probs: torch.Tensor, entropy: torch.Tensor, is_top1: torch.Tensor,
-                      mask: torch.Tensor) -> None:
-    """The per-token fields of TRL's fused-head contract (trl >= 1.16), zero where the label is ignored."""
-    outputs.log_probs = log_probs
-    outputs.entropy = entropy
-    outputs.is_top1 = is_top1
-    outputs.label_mask = mask
+def _trl_counts(n_valid: torch.Tensor, n_correct: torch.Tensor, entropy_sum: torch.Tensor | None) -> dict:
+    """The counts TRL's ``chunked_nll`` contract reads (trl < 1.16)."""
+    return {"num_valid_tokens": n_valid, "num_correct_tokens": n_correct, "entropy_sum": entropy_sum}
 
 
 def smoothing_correction(
@@ -425,13 +422,31 @@ def _trl_fused_forward(lm, request: UALRequest, args: tuple, kwargs: dict, label
     _add(request.stats, entropy_sum=entropy_sum, entropy_tokens=mask.sum())
     if request.plain_nll:
         _add(request.stats, nll_sum=-outputs.log_probs.detach().float().sum())
-    outputs.loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
-    _answer_trl(outputs, mask.sum(), n_correct, entropy_sum)
-    outputs.log_probs = -token_losses  # TRL's head already set entropy, is_top1 and label_mask
-    return outputs
+    loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
+    # TRL's head already set entropy, is_top1 and label_mask
+    return with_fields(outputs, loss=loss, log_probs=-token_losses, **_trl_counts(mask.sum(), n_correct, entropy_sum))
 
 
+def _aligned_smoothing(smoothing: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The per-token smoothing laid out like the labels the model sees: PEFT's prompt learning (prompt tuning,
+    P-tuning) prepends its virtual tokens, labelled -100, so the smoothing gets as many leading zeros."""
+    extra = labels.shape[-1] - smoothing.shape[-1]
+    if extra == 0 or smoothing.shape[0] != labels.shape[0]:
+        return smoothing  # equal, or a mismatch the loss reports with both shapes
+    if extra < 0 or bool((labels[:, :extra] != -100).any()):
+        raise ValueError(
+            f"UAL: the labels reaching the model have shape {tuple(labels.shape)} but the batch's smoothing has "
+            f"{tuple(smoothing.shape)}, and the difference is not a prefix of ignored (-100) tokens such as PEFT's "
+            "virtual tokens: cannot tell which smoothing belongs to which token"
+        )
+    return torch.nn.functional.pad(smoothing, (extra, 0))
+
+
+@torch.compiler.disable
 def _ual_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The causal LM's forward while UAL is installed. Never traced by ``torch.compile``: the loss hands its exact
+    float32 scale between two autograd functions outside the graph, which a traced backward would not replay;
+    blocks compiled on their own (``compile_repeated_blocks``) still run compiled inside it."""
     request = _REQUEST.get()
     if request is None:
         return self._ual_original_forward(*args, **kwargs)
@@ -448,11 +463,27 @@ def _ual_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         return self._ual_original_forward(*args, **kwargs)  # a logits-only forward (TRL's metrics), no loss
     num_items = kwargs.pop("num_items_in_batch", None)
     kwargs["use_cache"] = False
+    if request.smoothing is not None:
+        request.smoothing = _aligned_smoothing(request.smoothing, labels)
     if request.backend == "trl_fused":
         return _trl_fused_forward(self, request, args, kwargs, labels, num_items)
     if request.backend != "chunked":
         raise ValueError(f"unknown UAL loss backend {request.backend!r}; expected 'chunked' or 'trl_fused'")
     return _chunked_forward(self, request, args, kwargs, labels, num_items, fused)
+
+
+def compile_repeated_blocks(model: torch.nn.Module, **compile_kwargs: Any) -> int:
+    """Compile, in place, each block of the model's repeated layers (regional compilation, as accelerate's
+    ``compile_regions`` does for DeepSpeed); returns how many. The UAL forward around them runs eagerly."""
+
+    def visit(module: torch.nn.Module) -> int:
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1 and len({type(m) for m in module}) == 1:
+            for block in module:
+                block.compile(**compile_kwargs)
+            return len(module)
+        return sum(visit(child) for child in module.children())
+
+    return visit(unwrap_model(model))
 
 
 def _check_head(head: torch.nn.Module | None) -> None:
@@ -517,4 +548,4 @@ def remove_ual_forward(model: torch.nn.Module) -> torch.nn.Module:
     return lm
 
 
-__all__ = ["UALRequest", "install_ual_forward", "logit_transform", "remove_ual_forward", "ual_request", "unwrap_model"]
+__all__ = ["UALRequest", "compile_repeated_blocks", "install_ual_forward", "logit_transform", "remove_ual_forward", "ual_request", "unwrap_model"]

@@ -149,6 +149,30 @@ def _calling_trainer(max_depth: int = 6) -> Any:
     return None
 
 
+def _with_router_loss(loss: torch.Tensor, outputs: Any, trainer: Any, num_items_in_batch: Any) -> torch.Tensor:
+    """``loss`` plus the MoE router loss, weighted and accumulated as the calling trainer weights it without a
+    ``compute_loss_func`` (which it leaves the router loss to): trl >= 1.16 keeps its coefficient on the trainer and
+    averages the term over the accumulation steps; trl 1.9 and ``transformers.Trainer`` take the model's own loss,
+    which adds it per micro-batch at the model config's coefficient."""
+    aux = outputs.get("aux_loss") if isinstance(outputs, dict) else getattr(outputs, "aux_loss", None)
+    if aux is None:
+        return loss
+    if trainer is None:
+        raise ValueError("ual_loss got a MoE router loss outside a Trainer, so it cannot tell the router loss's weight")
+    coef = getattr(trainer, "router_aux_loss_coef", None)
+    steps = 1
+    if coef is not None:  # trl >= 1.16
+        if num_items_in_batch is not None:
+            steps = getattr(trainer, "current_gradient_accumulation_steps", 1)
+    else:
+        model = trainer.model  # Trainer keeps the unwrapped model here (PEFT's wrapper forwards its config)
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        coef = getattr(config, "router_aux_loss_coef", None)
+        if coef is None:
+            raise ValueError(f"{type(model).__name__} returned a router loss but its config has no router_aux_loss_coef")
+    return loss + coef * aux.to(loss.device) / steps
+
+
 class _Run:
     """One trainer's share of a ``UALLoss``: its own running mean and its own metric window."""
 
@@ -217,7 +241,8 @@ class UALLoss:
         return run
 
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
-        run = self.run_of(_calling_trainer())
+        trainer = _calling_trainer()
+        run = self.run_of(trainer)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         if logits is None or labels is None:
             raise ValueError("ual_loss needs the model's logits and the labels (got None)")
@@ -238,7 +263,7 @@ class UALLoss:
         denom = num_items_in_batch if num_items_in_batch is not None else n.clamp(min=1)
         if isinstance(denom, torch.Tensor):
             denom = denom.to(total.device)
-        return total / denom
+        return _with_router_loss(total / denom, outputs, trainer, num_items_in_batch)
 
     def __repr__(self) -> str:
         return f"UALLoss(alpha={self.alpha}, v_max={self.v_max}, window={self.window}, mode='ppl')"

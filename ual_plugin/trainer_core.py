@@ -18,6 +18,7 @@ import torch
 
 from ual_plugin.causal_lm import (
     UALRequest,
+    compile_repeated_blocks,
     install_ual_forward,
     logit_transform,
     remove_ual_forward,
@@ -145,12 +146,27 @@ class UALTrainerCore:
         if not self._ual_on:
             return
         install_ual_forward(self.model)
+        if self.args.torch_compile:
+            self._ual_compile()
         self.ual_loss_backend = self._ual_resolve_backend(getattr(self.args, "ual_loss_backend", "auto"))
         # The loss is sum / num_items_in_batch: have Trainer count the items and pass them, and not rescale for GA.
         self.model_accepts_loss_kwargs = True
         if hasattr(self, "loss_is_scaled_for_ga"):  # transformers >= 5.19 name of the same switch
             self.loss_is_scaled_for_ga = None
         self.add_callback(_state_callback(self))
+
+    def _ual_compile(self) -> None:
+        """``torch_compile=True``: compile the decoder blocks one by one. The UAL forward is never traced (see
+        ``causal_lm._ual_forward``), so the whole-model compile that accelerate adds would compile nothing."""
+        n = compile_repeated_blocks(self.model, backend=self.args.torch_compile_backend,
+                                    mode=self.args.torch_compile_mode)
+        if n == 0:
+            raise ValueError(
+                f"UAL with torch_compile=True compiles the model's repeated blocks (its decoder layers), but "
+                f"{type(unwrap_model(self.model)).__name__} has none; train without torch_compile"
+            )
+        LOG.warning("UAL: torch_compile=True compiles the model's %d decoder blocks one by one (the UAL loss around "
+                    "them runs eagerly, so its gradients are exact)", n)
 
     def _ual_resolve_backend(self, choice: str) -> str:
         if choice in ("auto", "chunked"):

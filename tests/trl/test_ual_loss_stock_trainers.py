@@ -19,8 +19,9 @@ from ual_plugin.ppl import UALLoss  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
+# precision left to each config's default: SFTConfig resolves bf16=True on CPU too (use_cpu=True), as users run it
 COMMON = dict(use_cpu=True, report_to=[], save_strategy="no", logging_steps=1, max_steps=3,
-              per_device_train_batch_size=4, bf16=False, disable_tqdm=True, seed=0)
+              per_device_train_batch_size=4, disable_tqdm=True, seed=0)
 
 
 def rows(n=12):
@@ -125,3 +126,38 @@ def test_the_one_liner_saves_and_resumes_its_running_mean(tiny_model_dir, tmp_pa
     resumed = trainer(3)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert ual_loss.run_of(resumed).smoother.count == 12  # 8 restored + 4 from step 3
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_the_one_liner_keeps_the_moe_router_loss_as_stock_weights_it(tiny_model_dir, tmp_path, accumulation):
+    """compute_loss_func=UALLoss on a tiny Mixtral at smoothing ~0: the router update equals stock SFTTrainer's at two
+    coefficients and GA 1 and 2 (TRL leaves the router loss to the function), and it follows the coefficient."""
+    from tests.trl.test_trainer import _tiny_mixtral_dir
+
+    model_dir = _tiny_mixtral_dir(tiny_model_dir, tmp_path)
+
+    def router_delta(name, coef, loss_fn):
+        args = SFTConfig(output_dir=str(tmp_path / name), loss_type="nll", max_length=64, optim="sgd",
+                         learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0,
+                         warmup_steps=0, train_sampling_strategy="sequential", router_aux_loss_coef=coef,
+                         # fp32: two trainers' router updates are compared to 1e-4, below bf16's rounding
+                         bf16=False, **{**COMMON, "max_steps": 1, "per_device_train_batch_size": 8 // accumulation,
+                                        "gradient_accumulation_steps": accumulation})
+        tr = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args,
+                        train_dataset=Dataset.from_list(rows(8)),
+                        processing_class=AutoTokenizer.from_pretrained(model_dir), compute_loss_func=loss_fn)
+        before = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+        tr.train()
+        return torch.cat([(p.detach() - before[k]).flatten() for k, p in tr.model.named_parameters()
+                          if "gate" in k and "expert" not in k])
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    deltas = {}
+    for coef in (0.001, 5.0):
+        ual = router_delta(f"u{coef}", coef, UALLoss(alpha=1e-9))
+        stock = router_delta(f"s{coef}", coef, None)
+        assert rel(ual, stock) < 1e-4, (coef, rel(ual, stock))
+        deltas[coef] = ual
+    assert rel(deltas[5.0], deltas[0.001]) > 1e-2  # the coefficient reaches the router update

@@ -67,6 +67,7 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
                 "ual=True computes the loss itself; do not pass compute_loss_func (or set ual=False)."
             )
         self.ual_map: SmoothingMap | None = None
+        self._ual_train_prepared = False  # the map is fitted once, on the first "train" set (any later one is eval)
         self._ual_configure(args)
         self._ual_columns = args.ual and args.ual_mode in ("column", "uniform")
         super().__init__(model, args, *pargs, **kwargs)
@@ -98,7 +99,7 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
             missing = [c for c in (TOKEN_COLUMN, SAMPLE_COLUMN) if c not in self._signature_columns]
             self._signature_columns = [*self._signature_columns, *missing]
 
-    def _attach_sample_scores(self, dataset, args: UALSFTConfig, dataset_name: str):
+    def _attach_sample_scores(self, dataset, args: UALSFTConfig, dataset_name: str, is_train: bool):
         """The raw per-sample score column (validated; ``NO_SCORE`` for an eval set without the field)."""
         if isinstance(dataset, IterableDataset):
             raise ValueError(
@@ -108,7 +109,7 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
         field = args.ual_uncertainty_field
         if args.ual_mode == "uniform":
             values = [float(args.ual_alpha)] * len(dataset)  # the smoothing itself: no map to fit
-        elif dataset_name == "train" or field in dataset.column_names:
+        elif is_train or field in dataset.column_names:
             has_field = field in dataset.column_names
             values = read_uncertainty(list(dataset[field]) if has_field else None, field, dataset_name,
                                       dataset.column_names)
@@ -118,15 +119,15 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
             dataset = dataset.remove_columns(_SAMPLE_COLUMN)
         return dataset.add_column(_SAMPLE_COLUMN, [float(v) for v in values])
 
-    def _sample_smoothing(self, dataset, args: UALSFTConfig, dataset_name: str) -> list[float]:
+    def _sample_smoothing(self, dataset, args: UALSFTConfig, is_train: bool) -> list[float]:
         """Each tokenised sample's smoothing; on the training set, fits the map on its label tokens first."""
         scores = np.asarray(dataset[_SAMPLE_COLUMN], dtype=np.float64)
         if args.ual_mode == "uniform":
-            if dataset_name == "train":
+            if is_train:
                 LOG.warning("UAL active: mode=uniform, %s on %d training samples", describe_means(
                     args.ual_alpha, args.ual_alpha, args.ual_alpha_per), len(scores))
             return scores.tolist()
-        if dataset_name == "train":
+        if is_train:
             tokens = label_token_counts(dataset["labels"])
             self.ual_map = fit_smoothing_map(scores, alpha=args.ual_alpha, v_max=args.ual_v_max,
                                              per=args.ual_alpha_per, tokens=tokens)
@@ -141,7 +142,10 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
         prepared = {TOKEN_COLUMN, SAMPLE_COLUMN} & set(getattr(dataset, "column_names", None) or [])
         if not self._ual_columns or prepared:
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
-        dataset = self._attach_sample_scores(dataset, args, dataset_name)
+        # TRL names each eval set by its key, so an eval set may be called "train" too: only the first is the training set
+        is_train = dataset_name == "train" and not self._ual_train_prepared
+        self._ual_train_prepared |= is_train
+        dataset = self._attach_sample_scores(dataset, args, dataset_name, is_train)
         # Let TRL tokenise and build labels, but do truncation and packing here: they must carry our column.
         max_length = args.max_length
         args.max_length = None
@@ -153,7 +157,7 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
         if max_length is not None and not packing:
             dataset = self._truncate(dataset, max_length, args.truncation_mode, map_kwargs)
         # the map is fitted on the label tokens that are trained on, so after truncation
-        smoothing = self._sample_smoothing(dataset, args, dataset_name)
+        smoothing = self._sample_smoothing(dataset, args, is_train)
         dataset = dataset.remove_columns(_SAMPLE_COLUMN).add_column(SAMPLE_COLUMN, smoothing)
         dataset = dataset.cast_column(SAMPLE_COLUMN, Value("float32"))
         if not packing:  # one value per sample; the collator spreads it over the sample's tokens
