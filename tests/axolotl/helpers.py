@@ -17,7 +17,7 @@ from ual_plugin.demo.axolotl_run import parse_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = "ual_plugin.axolotl.UALPlugin"
-CPU_SHIM = Path(__file__).with_name("cpu_shim")  # Axolotl < 0.19 on a CPU-only torch, see its sitecustomize
+CPU_SHIM = Path(__file__).with_name("cpu_shim")  # Axolotl on a machine without a GPU driver, see its sitecustomize
 
 USERS = [
     "What is {a} plus {b}?",

@@ -18,6 +18,7 @@ from ual_plugin.cli import main as ual_main  # noqa: E402
 
 pytestmark = pytest.mark.axolotl
 
+PLUGIN = "ual_plugin.axolotl.UALPlugin"
 EXAMPLES = sorted((REPO_ROOT / "example_configs").glob("*.yml"))
 
 
@@ -89,6 +90,37 @@ def test_refused_option_is_reported(workspace, tmp_path, capsys):
     cfg = workspace.base_config("check", cut_cross_entropy=True)
     status, out = check(write(tmp_path, cfg), capsys)
     assert status == INVALID and "cut_cross_entropy" in out and "ual: true cannot be combined" in out
+
+
+CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
+LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
+LOSS_REPLACERS = [
+    ({"use_dft": True}, "use_dft"),
+    ({"plugins": [PLUGIN, CCE_PLUGIN]}, CCE_PLUGIN),  # as in Axolotl's CCE example configs: CCE on by default
+    ({"plugins": [PLUGIN, LIGER_PLUGIN], "liger_cross_entropy": True}, "liger_cross_entropy"),
+    ({"plugins": [PLUGIN, LIGER_PLUGIN], "liger_fused_linear_cross_entropy": True}, "liger_fused_linear_cross_entropy"),
+    ({"context_parallel": {"size": 2}}, "context_parallel.size: 2"),
+]
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validated", "no-validate"])
+@pytest.mark.parametrize("changes, name", LOSS_REPLACERS, ids=[r[1].split(".")[-1] for r in LOSS_REPLACERS])
+def test_loss_replacers_are_invalid_with_their_name(workspace, tmp_path, capsys, changes, name, validate):
+    """The same refusal with Axolotl's validation and from the YAML alone."""
+    path = write(tmp_path, workspace.base_config("check", **changes))
+    status = ual_main(["check", str(path)] if validate else ["check", "--no-validate", str(path)])
+    out = capsys.readouterr().out
+    assert status == INVALID, out
+    assert "ual: true cannot be combined with" in out and name in out
+
+
+@pytest.mark.parametrize("changes", [
+    {"plugins": [PLUGIN, CCE_PLUGIN], "cut_cross_entropy": False},
+    {"plugins": [PLUGIN, LIGER_PLUGIN], "liger_rope": True, "liger_rms_norm": True, "liger_glu_activation": True},
+], ids=["cce-off", "liger-non-loss-kernels"])
+def test_plugins_that_leave_the_loss_to_ual_are_active(workspace, tmp_path, capsys, changes):
+    status, out = check(write(tmp_path, workspace.base_config("check", **changes)), capsys)
+    assert status == ACTIVE, out
 
 
 def test_missing_file(tmp_path, capsys):

@@ -120,6 +120,16 @@ def test_ppl_mode_without_scores(workspace):
     assert all(m["ual_ppl_running_mean"] > 1 for m in run.train_logs), run.tail()
 
 
+def test_cut_cross_entropy_plugin_kept_off_trains_ual(workspace):
+    """Axolotl's CCE plugin listed with `cut_cross_entropy: false`: its patch stays off and UAL owns the loss."""
+    ws = workspace
+    cfg = ws.base_config("cce-off", plugins=[PLUGIN, "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"],
+                         cut_cross_entropy=False, max_steps=2, **ws.lora())
+    run = run_cli(ws, cfg, "cce-off")
+    assert_trained_with_ual(run, 0.1, steps=2)
+    assert "Applying Cut Cross Entropy" not in run.output, run.tail()
+
+
 def test_missing_or_bad_field_stops_before_training(workspace):
     ws = workspace
     cfg = ws.base_config(

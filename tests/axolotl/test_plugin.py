@@ -44,11 +44,12 @@ def test_base_plugin_missing_at_plugin_load_stops_the_run(workspace):
 
 @pytest.fixture(scope="module")
 def newer_axolotl(workspace):
-    """A path entry whose metadata says Axolotl 0.21.0 (the code stays the installed release's)."""
-    path = workspace.root / "axolotl-0.21.0-metadata"
-    info = path / "axolotl-0.21.0.dist-info"
+    """A path entry whose metadata says Axolotl 0.22.0, past the tested range (the code stays the installed
+    release's)."""
+    path = workspace.root / "axolotl-0.22.0-metadata"
+    info = path / "axolotl-0.22.0.dist-info"
     info.mkdir(parents=True, exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: axolotl\nVersion: 0.21.0\n", encoding="utf-8")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: axolotl\nVersion: 0.22.0\n", encoding="utf-8")
     return {"PYTHONPATH": os.pathsep.join([str(path), str(REPO_ROOT), str(CPU_SHIM)])}
 
 
@@ -64,8 +65,25 @@ def test_newer_axolotl_without_the_opt_in_stops(workspace, newer_axolotl):
     run = run_cli(ws, ws.base_config("newer-default", **ws.lora()), "newer-default", launcher="module",
                   extra_env=newer_axolotl)
     assert run.returncode != 0, run.tail()
-    assert "tested with Axolotl 0.17.0 to 0.19.0, but Axolotl 0.21.0 is installed" in run.output, run.tail()
+    assert "tested with Axolotl 0.17.0 to 0.21.0, but Axolotl 0.22.0 is installed" in run.output, run.tail()
     assert run.train_logs == [], run.tail()
+
+
+CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
+
+
+@pytest.mark.parametrize("changes, refused", [
+    ({"use_dft": True}, "`use_dft: True` (DFT (dynamic fine-tuning) replaces the loss)"),
+    ({"plugins": [CCE_PLUGIN, "ual_plugin.axolotl.UALPlugin"]}, f"`plugins: [{CCE_PLUGIN}]` (Cut Cross-Entropy"),
+], ids=["use_dft", "cce-plugin"])
+def test_loss_replacer_stops_axolotl_train_before_training(workspace, changes, refused):
+    """As `axolotl train` runs it: the refusal comes from UAL's config validation, before any model loads."""
+    ws = workspace
+    name = f"refused-{sorted(changes)[0]}"
+    run = run_cli(ws, ws.base_config(name, **changes, **ws.lora()), name)
+    assert run.returncode != 0, run.tail()
+    assert "ual: true cannot be combined with" in run.output and refused in run.output, run.tail()
+    assert "Starting trainer" not in run.output and run.train_logs == [], run.tail()
 
 
 def test_rejected_config_undoes_the_dataset_patches(workspace):

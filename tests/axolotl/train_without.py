@@ -1,7 +1,8 @@
-"""``python -m axolotl.cli.train CONFIG`` with one Axolotl name missing while Axolotl loads the plugins.
+"""``python -m axolotl.cli.train CONFIG`` with one Axolotl name missing while Axolotl loads the UAL plugin.
 
 As if a newer Axolotl had moved the name: the plugin's import meets the gap, while Axolotl's own
-modules (which use it too) keep it. Usage: python train_without.py axolotl.utils.logging.get_logger CONFIG
+modules and plugins (Axolotl 0.20+ loads built-in ones first) keep it.
+Usage: python train_without.py axolotl.utils.logging.get_logger CONFIG
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ def _load_plugin_without(module_name: str, attr: str):
     load_plugin = base.load_plugin
 
     def load_plugin_without(plugin_name: str):
+        if not plugin_name.startswith("ual_plugin."):
+            return load_plugin(plugin_name)
         value = getattr(module, attr)
         delattr(module, attr)
         try:

@@ -16,8 +16,9 @@ from packaging.version import InvalidVersion, Version
 
 from ual_plugin.axolotl.probe import PATCHED_FUNCTIONS, internals_problems
 
-# Releases the plugin is tested with (a local build of one of them, e.g. ``0.19.0+cu130``, counts too).
-SUPPORTED_AXOLOTL_VERSIONS: tuple[str, ...] = ("0.17.0", "0.18.0", "0.19.0")
+# Releases the plugin is tested with (a local build of one of them, e.g. ``0.21.0+cu130``, counts too).
+# 0.20.0 and 0.21.0 need Python 3.12.
+SUPPORTED_AXOLOTL_VERSIONS: tuple[str, ...] = ("0.17.0", "0.18.0", "0.19.0", "0.20.0", "0.21.0")
 TESTED_RANGE = f"{SUPPORTED_AXOLOTL_VERSIONS[0]} to {SUPPORTED_AXOLOTL_VERSIONS[-1]}"
 ALLOW_UNTESTED_ENV = "UAL_ALLOW_UNTESTED_AXOLOTL"
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")

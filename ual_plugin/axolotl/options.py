@@ -11,6 +11,9 @@ from ual_plugin.options import UAL_MODES, UAL_OPTIONS, check_ual_options
 
 PLUGIN_NAME = "ual_plugin.axolotl.UALPlugin"
 PLUGIN_ALIASES = (PLUGIN_NAME, "ual_plugin.axolotl.plugin.UALPlugin")
+# Axolotl's plugins that replace the loss when listed (Cut Cross-Entropy: unless `cut_cross_entropy: false`).
+CCE_PLUGIN_PACKAGE = "axolotl.integrations.cut_cross_entropy"
+DIFFUSION_PLUGIN_PACKAGE = "axolotl.integrations.diffusion"
 
 
 def _truthy(value: Any) -> bool:
@@ -27,6 +30,41 @@ def _lists_lm_head(value: Any) -> bool:
     return False
 
 
+def _plugin_names(data: Mapping[str, Any]) -> list[str]:
+    plugins = data.get("plugins") or []
+    return [plugins] if isinstance(plugins, str) else [p for p in plugins if isinstance(p, str)]
+
+
+def _plugin_conflicts(data: Mapping[str, Any]) -> list[str]:
+    """Listed plugins that replace the loss by default, each explained."""
+    problems = []
+    for name in _plugin_names(data):
+        if name.startswith(CCE_PLUGIN_PACKAGE) and "cut_cross_entropy" not in data:
+            problems.append(
+                f"`plugins: [{name}]` (Cut Cross-Entropy replaces the loss, and this plugin turns it on unless the "
+                "config says `cut_cross_entropy: false`; remove the plugin, or add `cut_cross_entropy: false` to keep "
+                "it off)"
+            )
+        elif name.startswith(DIFFUSION_PLUGIN_PACKAGE):
+            problems.append(f"`plugins: [{name}]` (diffusion language-model training has its own objective)")
+    return problems
+
+
+def _context_parallel_sizes(data: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """Each context-parallel degree the config sets: the flat keys and ``context_parallel: {size}`` (Axolotl 0.21)."""
+    found = [(key, data.get(key)) for key in ("context_parallel_size", "sequence_parallel_degree")]
+    block = data.get("context_parallel")
+    if isinstance(block, Mapping):
+        found.append(("context_parallel.size", block.get("size")))
+    sizes = []
+    for key, value in found:
+        try:
+            sizes.append((key, int(value or 1)))
+        except (TypeError, ValueError):
+            continue
+    return sizes
+
+
 def ual_conflicts(data: Mapping[str, Any]) -> list[str]:
     """The options in an Axolotl config that cannot be combined with ``ual: true``, each explained.
 
@@ -37,7 +75,9 @@ def ual_conflicts(data: Mapping[str, Any]) -> list[str]:
     loss_replacing = (
         ("cut_cross_entropy", "Cut Cross-Entropy replaces the loss"),
         ("liger_fused_linear_cross_entropy", "Liger's fused linear cross-entropy replaces the loss"),
+        ("liger_cross_entropy", "Liger's cross-entropy replaces the loss"),
         ("use_eaft", "EAFT replaces the loss"),
+        ("use_dft", "DFT (dynamic fine-tuning) replaces the loss"),
         ("kd_trainer", "knowledge distillation has its own trainer and loss"),
         ("reward_model", "reward models are trained with a pairwise loss"),
         ("process_reward_model", "process reward models are trained with their own loss"),
@@ -46,6 +86,12 @@ def ual_conflicts(data: Mapping[str, Any]) -> list[str]:
     for key, why in loss_replacing:
         if _truthy(data.get(key)):
             problems.append(f"`{key}: {data.get(key)}` ({why})")
+    for key in ("diffusion", "diffusion_lm"):  # any block, even an empty one, turns diffusion training on
+        if data.get(key) is not None:
+            problems.append(f"`{key}: {data.get(key)}` (diffusion language-model training has its own objective)")
+    problems += _plugin_conflicts(data)
+    if data.get("adapter") == "mixlora":
+        problems.append("`adapter: mixlora` (MixLoRA's trainer adds its router load-balance loss to the loss)")
     if data.get("rl"):
         problems.append(
             f"`rl: {data.get('rl')}` (RL / DPO-style preference trainers have their own loss; UAL is supervised "
@@ -53,11 +99,7 @@ def ual_conflicts(data: Mapping[str, Any]) -> list[str]:
         )
     if data.get("trainer_cls"):
         problems.append(f"`trainer_cls: {data.get('trainer_cls')}` (UAL supplies its own trainer class)")
-    for key in ("context_parallel_size", "sequence_parallel_degree"):
-        try:
-            size = int(data.get(key) or 1)
-        except (TypeError, ValueError):
-            size = 1
+    for key, size in _context_parallel_sizes(data):
         if size > 1:
             problems.append(
                 f"`{key}: {size}` (context parallelism splits a sample across ranks, while UAL's smoothing is per "
