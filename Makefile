@@ -3,7 +3,7 @@
 demo:  ## set up .venv and run the demo end to end
 	bash scripts/demo.sh
 
-test:  ## set up the three test environments and run the whole suite
+test:  ## set up the four test environments and run the whole suite
 	bash scripts/test.sh
 
 lint:

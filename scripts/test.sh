@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite, in the three test environments:
-#   .venv         axolotl 0.19.0 / trl 1.9 / transformers 5.16 : every test
-#   .venv-latest  newest trl 1.16 / transformers 5.2x           : core, TRL, scoring, analysis
-#   .venv-axolotl-lowest  axolotl 0.17.0 / trl 1.5 / transformers 5.9 : tests/axolotl (lowest supported Axolotl)
+# The whole test suite, in the four test environments:
+#   .venv         axolotl 0.19.0 / trl 1.9 / transformers 5.16 (Python 3.11) : every test
+#   .venv-latest  newest trl 1.16 / transformers 5.2x (Python 3.11)          : core, TRL, scoring, analysis
+#   .venv-axolotl-lowest  axolotl 0.17.0 / trl 1.5 / transformers 5.9 (Python 3.11) : tests/axolotl (lowest supported)
+#   .venv-axolotl-py312   axolotl 0.21.0 / trl 1.14 / transformers 5.20 (Python 3.12) : tests/axolotl (newest supported)
+# The last needs a Python 3.12 (pyenv's, python3.12 on PATH, or PYTHON312=...); setup_env.sh stops and says so
+# when there is none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_DISABLED=true WANDB_MODE=disabled \
@@ -10,6 +13,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_DISAB
 bash scripts/setup_env.sh main
 bash scripts/setup_env.sh latest
 bash scripts/setup_env.sh lowest
+bash scripts/setup_env.sh py312
 echo "== lint"
 .venv/bin/ruff check ual_plugin tests benchmarks
 echo "== tests: .venv (axolotl 0.19.0, trl 1.9, transformers 5.16)"
@@ -18,3 +22,5 @@ echo "== tests: .venv-latest (newest trl / transformers)"
 .venv-latest/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/axolotl "$@"
 echo "== tests: .venv-axolotl-lowest (axolotl 0.17.0, trl 1.5, transformers 5.9): tests/axolotl"
 .venv-axolotl-lowest/bin/python -m pytest -q -p no:cacheprovider tests/axolotl "$@"
+echo "== tests: .venv-axolotl-py312 (axolotl 0.21.0, trl 1.14, transformers 5.20, Python 3.12): tests/axolotl"
+.venv-axolotl-py312/bin/python -m pytest -q -p no:cacheprovider tests/axolotl "$@"
