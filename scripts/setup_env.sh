@@ -31,14 +31,6 @@ find_python312() {
   if python3.12 -c "" >/dev/null 2>&1; then command -v python3.12; return 0; fi
   return 1
 }
-if [ "$which" = py312 ]; then
-  if ! PYTHON="$(find_python312)"; then
-    echo "[setup] $venv needs Python 3.12 (Axolotl 0.20 and newer require it) and none was found." >&2
-    echo "[setup] Install it (e.g. 'pyenv install 3.12' or your system's python3.12 package), or set PYTHON312" >&2
-    echo "[setup] to a Python 3.12 interpreter, then run this again." >&2
-    exit 1
-  fi
-fi
 # The main environment installs under scripts/constraints-main.txt when that file exists (pinned versions).
 constraints=()
 if [ "$which" = main ] && [ -f scripts/constraints-main.txt ]; then constraints=(-c scripts/constraints-main.txt); fi
@@ -47,6 +39,14 @@ want="$(cat pyproject.toml "$0" "${constraints[@]:1}" | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[setup] $venv is up to date"
   exit 0
+fi
+if [ "$which" = py312 ]; then
+  if ! PYTHON="$(find_python312)"; then
+    echo "[setup] $venv needs Python 3.12 (Axolotl 0.20 and newer require it) and none was found." >&2
+    echo "[setup] Install it (e.g. 'pyenv install 3.12' or your system's python3.12 package), or set PYTHON312" >&2
+    echo "[setup] to a Python 3.12 interpreter, then run this again." >&2
+    exit 1
+  fi
 fi
 echo "[setup] building $venv (first time: a few minutes)"
 SECONDS=0
