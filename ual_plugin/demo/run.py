@@ -135,15 +135,11 @@ def run_demo(s: DemoSettings) -> dict:
         if seed == s.seeds[0]:
             write_jsonl(rows, out / "train.scored.jsonl")
         results["base"][seed] = evaluate(base, base, tokenizer, world, seed)
-        ual_per_sample = None
-        for key in ("sft", "uniform_token", "ual", "uniform_sample", "shuffled"):  # UAL fixes uniform (sample)
+        for key in ("sft", "uniform_token", "ual", "shuffled"):
             arm = by_key[key]
-            r = train_arm(base_dir, training_rows(arm, rows, seed), trainer_options(arm, s.alpha, ual_per_sample),
-                          seed, cfg)
+            r = train_arm(base_dir, training_rows(arm, rows, seed), trainer_options(arm, s.alpha), seed, cfg)
             smap = r.smoothing_map
-            if key == "ual":
-                ual_per_sample = smap.mean_per_sample
-            opts = trainer_options(arm, s.alpha, ual_per_sample)
+            opts = trainer_options(arm, s.alpha)
             budgets[key][seed] = ({"per_sample": smap.mean_per_sample, "per_token": smap.mean_per_token}
                                   if smap is not None else
                                   {"per_sample": opts.get("ual_alpha", 0.0) if opts["ual"] else 0.0,

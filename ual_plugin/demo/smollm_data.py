@@ -1,4 +1,4 @@
-"""The real-model experiment's data, generated here: category lists, word problems, retention probes.
+"""The real-model experiment's data, generated here: category lists, word problems, retention prompts.
 
 Each seed draws which categories fine-tuning never shows (held-out categories), which half of a
 shown category's members the replies use, and which operand values the word problems use (the
@@ -48,35 +48,7 @@ _TEMPLATES = (
     ("A shelf holds {a} {t}. {b} are taken off. How many {t} are on the shelf?", "sub"),
 )
 
-# Multiple-choice facts (stem, right option, three wrong ones), scored as text continuations.
-MC_FACTS: tuple[tuple[str, str, str, str, str], ...] = (
-    ("The capital of France is", "Paris", "Berlin", "Madrid", "Rome"),
-    ("The capital of Japan is", "Tokyo", "Beijing", "Seoul", "Bangkok"),
-    ("The capital of Italy is", "Rome", "Paris", "Vienna", "Athens"),
-    ("The capital of Germany is", "Berlin", "Paris", "Warsaw", "Prague"),
-    ("The capital of Spain is", "Madrid", "Lisbon", "Rome", "Paris"),
-    ("The capital of the United Kingdom is", "London", "Dublin", "Paris", "Berlin"),
-    ("Water is made of hydrogen and", "oxygen", "iron", "gold", "sand"),
-    ("The largest planet in the solar system is", "Jupiter", "Mars", "Venus", "Mercury"),
-    ("The planet closest to the Sun is", "Mercury", "Jupiter", "Saturn", "Neptune"),
-    ("A week has seven", "days", "years", "meters", "apples"),
-    ("The opposite of hot is", "cold", "tall", "loud", "fast"),
-    ("The opposite of up is", "down", "red", "slow", "big"),
-    ("Bees make", "honey", "milk", "paper", "glass"),
-    ("Cows give us", "milk", "honey", "wool", "silk"),
-    ("The color of the clear daytime sky is", "blue", "green", "red", "black"),
-    ("Ice is frozen", "water", "sand", "wood", "metal"),
-    ("The Earth goes around the", "Sun", "Moon", "Mars", "comet"),
-    ("A triangle has three", "sides", "wheels", "legs", "doors"),
-    ("People breathe in", "oxygen", "gold", "salt", "sugar"),
-    ("The first month of the year is", "January", "March", "July", "October"),
-    ("Fish live in", "water", "trees", "deserts", "clouds"),
-    ("Birds have", "feathers", "scales", "fur", "shells"),
-    ("Paris is a city in", "France", "Japan", "Brazil", "Egypt"),
-    ("Tokyo is a city in", "Japan", "France", "Canada", "Kenya"),
-)
-
-# Prompts whose greedy replies by the base model are the NLL retention probe.
+# General prompts (none is a training prompt): the base model's greedy replies to them are the KL retention probe.
 RETENTION_PROMPTS: tuple[str, ...] = (
     "Why is the sky blue?", "Give me one tip for sleeping better.", "What is a good way to learn a language?",
     "Describe a cat in one sentence.", "What do plants need to grow?", "Explain what a computer does.",
@@ -111,7 +83,6 @@ class Size:
     max_operand: int = 12  # operands 1..max_operand, half of the values held out
     problems: int = 96  # fine-tuning word problems
     eval_problems: int = 48  # evaluated problems per split (training numbers, held-out numbers)
-    mc_facts: int = len(MC_FACTS)
     retention_prompts: int = len(RETENTION_PROMPTS)
     retention_tokens: int = 32
 
