@@ -337,7 +337,7 @@ def test_trl_chunked_nll_contract_counts_come_from_the_ual_forward():
     ids, labels, smoothing = batch()
     entropy, top1, mask = _reference_token_metrics(model(input_ids=ids).logits.detach(), labels)
     install_ual_forward(model)
-    out = ual_forward(model, ids, labels, UALRequest(smoothing=smoothing, entropy=True))
+    out = ual_forward(model, ids, labels, UALRequest(smoothing=smoothing, entropy=True, trl_counts=True))
     assert int(out.num_valid_tokens) == int(mask.sum())
     assert int(out.num_correct_tokens) == int(top1.sum())
     assert float(out.entropy_sum) == pytest.approx(float(entropy.sum()), rel=1e-5)
@@ -385,3 +385,53 @@ def test_a_logits_only_forward_under_a_request_is_the_models_own():
         got = model(input_ids=ids)
     assert got.loss is None and not request.stats
     torch.testing.assert_close(got.logits, want)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["chunked_nll", "fused"])
+def test_trainer_fields_survive_a_rebuild_of_the_output_from_its_keys(fused):
+    """accelerate's convert_outputs_to_fp32 (bf16) and pytree flattening (FSDP, compile) rebuild the output from its
+    keys: TRL's fields must be declared, not attributes, and the output stays an instance of the model's own type."""
+    from torch.utils import _pytree
+
+    model = tiny_llama()
+    ids, labels, smoothing = batch()
+    install_ual_forward(model)
+    kwargs = {"fused_lm_head": True} if fused else {}
+    request = UALRequest(smoothing=smoothing, entropy=True, trl_counts=not fused)
+    out = ual_forward(model, ids, labels, request, num_items=7, **kwargs)
+    names = ["loss"] + (["log_probs", "entropy", "is_top1", "label_mask"] if fused else
+                        ["num_valid_tokens", "num_correct_tokens", "entropy_sum"])
+    assert isinstance(out, transformers.modeling_outputs.CausalLMOutputWithPast)
+    rebuilt = type(out)({k: v for k, v in out.items()})  # what accelerate's recursively_apply does
+    leaves, spec = _pytree.tree_flatten(out)
+    unflattened = _pytree.tree_unflatten(leaves, spec)
+    for copy in (rebuilt, unflattened):
+        for name in names:
+            assert torch.equal(getattr(copy, name), getattr(out, name)), name
+    valid = out.label_mask.sum() if fused else out.num_valid_tokens
+    assert int(valid) == int((labels[:, 1:] != -100).sum())
+
+
+def test_prompt_tuning_virtual_tokens_get_no_smoothing_and_the_rest_their_own():
+    """PEFT's prompt tuning prepends virtual tokens (labelled -100) inside its forward: the batch's smoothing, laid out
+    like the caller's labels, must land on the same real tokens, checked against torch's loss on the model's logits."""
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny_llama(), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    ids, labels, smoothing = batch()
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits  # [3, 4 + 10, V]: the virtual tokens come first
+    padded_labels = torch.cat([torch.full((3, 4), -100), labels], dim=1)
+    padded_smoothing = torch.cat([torch.full((3, 4), 0.9), smoothing], dim=1)  # any value: no label there
+    install_ual_forward(model)
+    out = ual_forward(model, ids, labels, UALRequest(smoothing=smoothing), num_items=7)
+    assert out.loss.item() == pytest.approx(reference(logits, padded_labels, padded_smoothing, 7).item(), rel=1e-5)
+
+
+def test_smoothing_that_fits_no_label_layout_is_refused():
+    model = tiny_llama()
+    ids, labels, smoothing = batch()
+    install_ual_forward(model)
+    labels = torch.cat([torch.full((3, 2), 5), labels], dim=1)  # two extra columns, but real labels
+    ids = torch.cat([ids[:, :2], ids], dim=1)
+    with pytest.raises(ValueError, match="not a prefix of ignored"):
+        ual_forward(model, ids, labels, UALRequest(smoothing=smoothing))

@@ -52,7 +52,8 @@ class UALRequest:
     full logits (evaluation with metrics, ``predict``) instead of the last position's.
     ``plain_nll``: also put the summed unsmoothed NLL in ``stats`` (an extra no-grad pass; evaluation).
     ``entropy``: also put the predictive entropy summed over label tokens in ``stats`` (``entropy_sum``,
-    with ``entropy_tokens``).
+    with ``entropy_tokens``). ``trl_counts``: answer trl < 1.16's ``chunked_nll`` contract (``num_valid_tokens``,
+    ``num_correct_tokens``, ``entropy_sum`` in the outputs); off, the outputs carry only what the model's do.
     """
 
     smoothing: torch.Tensor | None = None
@@ -63,6 +64,7 @@ class UALRequest:
     keep_logits: bool = False
     plain_nll: bool = False
     entropy: bool = False
+    trl_counts: bool = False
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     _head: _HeadCall | None = None
 
@@ -367,7 +369,7 @@ def _chunked_forward(lm, request: UALRequest, args: tuple, kwargs: dict, labels,
     _check_logits_once(lm, call, outputs)
     loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
     stats = call.kernel_stats
-    answers = _trl_counts(stats["n_tokens"], stats["n_correct"], stats.get("entropy_sum"))
+    answers = _trl_counts(stats["n_tokens"], stats["n_correct"], stats.get("entropy_sum")) if request.trl_counts else {}
     if fused:  # TRL's fused-head contract (trl >= 1.16): per-token fields, zero where the label is ignored
         answers.update(log_probs=-call.token_losses(), entropy=stats["token_entropies"],
                        is_top1=stats["token_top1"], label_mask=call.mask)
@@ -424,7 +426,7 @@ def _trl_fused_forward(lm, request: UALRequest, args: tuple, kwargs: dict, label
         _add(request.stats, nll_sum=-outputs.log_probs.detach().float().sum())
     loss = _router_aux_loss(lm, outputs, _normalise(total, num_items, request.stats["n_tokens"]), request)
     # TRL's head already set entropy, is_top1 and label_mask
-    return with_fields(outputs, loss=loss, log_probs=-token_losses, **_trl_counts(mask.sum(), n_correct, entropy_sum))
+    return with_fields(outputs, loss=loss, log_probs=-token_losses)
 
 
 def _aligned_smoothing(smoothing: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -456,6 +458,7 @@ def _ual_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
             "hold part of a sample, while UAL's smoothing is per sample. Train without context parallelism."
         )
     fused = bool(kwargs.pop("fused_lm_head", False))  # TRL >= 1.16 asks for per-token log-probs this way
+    liger_accuracy = _pop_liger_loss_kwargs(kwargs)
     labels = kwargs.pop("labels", None)
     if labels is None:
         if fused:
@@ -469,7 +472,20 @@ def _ual_forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         return _trl_fused_forward(self, request, args, kwargs, labels, num_items)
     if request.backend != "chunked":
         raise ValueError(f"unknown UAL loss backend {request.backend!r}; expected 'chunked' or 'trl_fused'")
-    return _chunked_forward(self, request, args, kwargs, labels, num_items, fused)
+    outputs = _chunked_forward(self, request, args, kwargs, labels, num_items, fused)
+    if liger_accuracy:  # trl < 1.16 with use_liger_kernel reads the accuracy from the outputs
+        stats = request.stats
+        outputs = with_fields(outputs, token_accuracy=stats["n_correct"] / stats["n_tokens"].clamp(min=1))
+    return outputs
+
+
+def _pop_liger_loss_kwargs(kwargs: dict) -> bool:
+    """Take off the arguments trl < 1.16 passes, with ``use_liger_kernel``, to Liger's loss forward (UAL computes
+    the loss); returns whether it asked for ``token_accuracy``."""
+    kwargs.pop("skip_logits", None)  # UAL never builds the full logits while training
+    if kwargs.pop("use_token_scaling", False):
+        raise ValueError("UAL: token scaling (DFT) weights each token's loss differently, which UAL's loss cannot honour")
+    return bool(kwargs.pop("return_token_accuracy", False))
 
 
 def compile_repeated_blocks(model: torch.nn.Module, **compile_kwargs: Any) -> int:

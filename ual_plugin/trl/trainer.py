@@ -147,12 +147,13 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
         self._ual_train_prepared |= is_train
         dataset = self._attach_sample_scores(dataset, args, dataset_name, is_train)
         # Let TRL tokenise and build labels, but do truncation and packing here: they must carry our column.
-        max_length = args.max_length
-        args.max_length = None
+        # (trl < 1.16 with use_liger_kernel also keeps only the columns Liger's collator reads: ours must stay)
+        max_length, use_liger = args.max_length, args.use_liger_kernel
+        args.max_length, args.use_liger_kernel = None, False
         try:
             dataset = super()._prepare_dataset(dataset, processing_class, args, False, formatting_func, dataset_name)
         finally:
-            args.max_length = max_length
+            args.max_length, args.use_liger_kernel = max_length, use_liger
         map_kwargs = {"num_proc": args.dataset_num_proc} if isinstance(dataset, Dataset) else {}
         if max_length is not None and not packing:
             dataset = self._truncate(dataset, max_length, args.truncation_mode, map_kwargs)
@@ -202,7 +203,7 @@ class UALSFTTrainer(UALTrainerCore, SFTTrainer):
         if self._ual_fused_head_available():
             flags.update(keep_logits=False, entropy=False)
         elif self.args.loss_type == "chunked_nll":
-            flags["entropy"] = True
+            flags.update(entropy=True, trl_counts=True)
         else:  # 'nll': TRL computes its entropy and accuracy from the full logits
             flags.update(keep_logits=True, entropy=False)
         return flags
