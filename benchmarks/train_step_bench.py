@@ -1,11 +1,14 @@
 """Training-step time and peak memory: UALSFTTrainer vs stock SFTTrainer, side by side in one run.
 
 Both trainers wrap identical randomly initialised Llama models and see the same pre-tokenized
-batch (labels on the second half of each sequence, as with completion-only loss). A step is
-``trainer.training_step`` (forward + backward, gradient accumulation bookkeeping included; the
-optimizer update is the same for both and left out). Time: interleaved rounds, median of
-per-round ratios. Memory: a fresh process per variant (CPU: VmHWM - VmRSS around one warmed-up
-step with MALLOC_MMAP_THRESHOLD_; CUDA: max_memory_allocated above the state before the step).
+rows (labels on the second half of each sequence, as with completion-only loss), with the
+precision ``SFTConfig`` resolves by default (bf16 autocast, on CPU too). Steps run through the
+trainer's own ``train()``, so accelerate's model wrapper (autocast and the fp32 output
+conversion) is inside the measurement; a callback times each optimizer step (forward, backward,
+clipping, AdamW update) from ``on_step_begin`` to ``on_step_end``. Time: interleaved rounds of a
+few ``train()`` steps each (the first step of a round is a warm-up), median of per-round ratios.
+Memory: a fresh process per variant, peak around a second one-step ``train()`` (CPU: VmHWM -
+VmRSS with MALLOC_MMAP_THRESHOLD_; CUDA: max_memory_allocated above the state before it).
 
     python benchmarks/train_step_bench.py                          # CPU, small Llama
     python benchmarks/train_step_bench.py --preset llama3-8b-lora  # GPU: Llama-3-8B shape, LoRA, bf16
@@ -26,10 +29,11 @@ import time
 import torch
 from peak_memory import peak_bytes, sync
 from results_md import provenance, write_section
+from transformers import TrainerCallback
 
 PRESETS = {
     "cpu-small": dict(hidden=256, layers=4, heads=4, kv_heads=4, inter=688, vocab=32000, seq=256, batch=4,
-                      lora=False, dtype="fp32"),
+                      lora=False, dtype="fp32"),  # fp32 weights, trained under SFTConfig's default bf16 autocast
     "llama3-8b-lora": dict(hidden=4096, layers=32, heads=32, kv_heads=8, inter=14336, vocab=128256, seq=4096,
                            batch=1, lora=True, dtype="bf16"),
 }
@@ -59,7 +63,7 @@ def build_trainer(p: dict, variant: str, device: str, out_dir: str):
                                                  task_type="CAUSAL_LM"))
     g = torch.Generator().manual_seed(0)
     rows = []
-    for _ in range(p["batch"] * 2):
+    for _ in range(p["batch"] * STEPS_PER_ROUND):
         ids = torch.randint(10, p["vocab"], (p["seq"],), generator=g).tolist()
         labels = [-100] * (p["seq"] // 2) + ids[p["seq"] // 2 :]
         rows.append({"input_ids": ids, "labels": labels, "uncertainty": float(torch.rand(1, generator=g)) * 99})
@@ -72,35 +76,55 @@ def build_trainer(p: dict, variant: str, device: str, out_dir: str):
     args = UALSFTConfig(
         output_dir=out_dir, ual=(variant in ("ual", "uniform")), ual_alpha=0.1, per_device_train_batch_size=p["batch"],
         **extra,
-        use_cpu=(device == "cpu"), bf16=(p["dtype"] == "bf16"), report_to=[], save_strategy="no",
+        use_cpu=(device == "cpu"), report_to=[], save_strategy="no", logging_strategy="no",
         max_length=p["seq"], disable_tqdm=True, dataset_num_proc=None, gradient_checkpointing=(device != "cpu"),
-    )
+        max_steps=STEPS_PER_ROUND, train_sampling_strategy="sequential",
+    )  # bf16 left to SFTConfig's default (True), as users run it
     # ual=False makes UALSFTTrainer exactly stock SFTTrainer (same class hierarchy, TRL's own loss path)
     from ual_plugin.demo.tiny import build_tokenizer
 
     trainer = UALSFTTrainer(model=model, args=args, train_dataset=ds, processing_class=build_tokenizer())
-    trainer.create_optimizer()
-    batch = next(iter(trainer.get_train_dataloader()))
-    batch = trainer._prepare_inputs(batch)
-    n_items = (batch["labels"][:, 1:] != -100).sum()
-    return trainer, batch, n_items
+    timer = StepTimer(device)
+    trainer.add_callback(timer)
+    return trainer, timer
 
 
-def one_step(trainer, batch, n_items) -> None:
-    trainer.model.zero_grad(set_to_none=True)
-    trainer.training_step(trainer.model, dict(batch), n_items)
+STEPS_PER_ROUND = 3
+
+
+class StepTimer(TrainerCallback):
+    """Records each optimizer step's wall time inside ``train()``."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.times, self._start = device, [], 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        sync(self.device)
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        sync(self.device)
+        self.times.append(time.perf_counter() - self._start)
+
+
+def train_round(trainer, timer: StepTimer, steps: int = STEPS_PER_ROUND) -> list[float]:
+    """Step times of one ``train()`` call of ``steps`` steps (its first step is left out as a warm-up)."""
+    trainer.args.max_steps = steps
+    timer.times = []
+    trainer.train()
+    return timer.times[1:]
 
 
 def memory_of(p: dict, variant: str, device: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, batch, n = build_trainer(p, variant, device, tmp)
-        one_step(trainer, batch, n)  # warm-up
+        trainer, timer = build_trainer(p, variant, device, tmp)
+        train_round(trainer, timer, 1)  # warm-up: the optimizer state exists from here on
         sync(device)
-        return peak_bytes(lambda: one_step(trainer, batch, n), device)
+        return peak_bytes(lambda: train_round(trainer, timer, 1), device)
 
 
 def write_profiles(built: dict, device: str, path: str) -> None:
-    """One warmed-up step of each trainer under torch.profiler: the kernel tables, by total device time."""
+    """A round of each trainer's ``train()`` under torch.profiler: the kernel tables, by total device time."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -108,7 +132,7 @@ def write_profiles(built: dict, device: str, path: str) -> None:
     with open(path, "w") as f:
         for v, parts in built.items():
             with torch.profiler.profile(activities=activities) as prof:
-                one_step(*parts)
+                train_round(*parts)
                 sync(device)
             f.write(f"## {v}\n\n{prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)}\n")
 
@@ -137,17 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         built = {v: build_trainer(p, v, args.device, os.path.join(tmp, v)) for v in variants}
         for v in variants:
-            one_step(*built[v])
+            train_round(*built[v])
         times = {v: [] for v in variants}
         for _ in range(args.reps):
             for v in variants:
-                sync(args.device)
-                t = time.perf_counter()
-                one_step(*built[v])
-                sync(args.device)
-                times[v].append(time.perf_counter() - t)
+                times[v].append(statistics.median(train_round(*built[v])))
         if args.profile:
             write_profiles(built, args.device, args.profile)
+        precision = "bf16" if built[variants[0]][0].args.bf16 else "fp32"
         del built
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
     memory = {}
@@ -158,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     import trl
 
     base = variants[0]
-    lines = [provenance(args.device), f"preset={args.preset} {p}, {args.reps} interleaved rounds\n",
+    lines = [provenance(args.device), f"preset={args.preset} {p}, {precision} autocast (SFTConfig's default), "
+             f"{args.reps} interleaved rounds of {STEPS_PER_ROUND} train() steps (the first a warm-up)\n",
              "| trl | trainer | median step | time vs stock | peak memory | memory vs stock |",
              "|---|---|---|---|---|---|"]
     for v in variants:

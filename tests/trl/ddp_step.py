@@ -24,6 +24,7 @@ def main() -> None:
         liger = dict(use_liger_kernel=True, loss_type="nll", liger_kernel_config={"rms_norm": False})
     rows = [{"prompt": f"Sample {i}: what is {i} plus {i}? " + "more " * (i % 5), "completion": f" It is {2 * i}.",
              "uncertainty": float(1 + 7 * i)} for i in range(16)]
+    # fp32: the tests compare this update with another layout's (2 processes, Liger's kernels) to 1e-5 / 1e-4
     args = UALSFTConfig(
         output_dir=out_file + ".out", use_cpu=True, report_to=[], save_strategy="no", max_steps=1, seed=0,
         per_device_train_batch_size=bs, gradient_accumulation_steps=ga, optim="sgd", learning_rate=1.0,
