@@ -1,5 +1,5 @@
 """The demo's figure: every metric per arm (mean and spread over seeds, the base model as a line),
-and the primary endpoints as paired differences with their 95 % confidence intervals."""
+and the primary questions as paired differences with their 95 % confidence intervals."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 
 from ual_plugin.demo.evaluate import METRICS
 
-_COLORS = {"sft": "#7f7f7f", "uniform_token": "#1f77b4", "uniform_sample": "#17becf", "ual": "#d62728",
-           "shuffled": "#ff7f0e"}
+_COLORS = {"sft": "#7f7f7f", "uniform_token": "#1f77b4", "ual": "#d62728", "shuffled": "#ff7f0e"}
 
 
 def plot_results(stats: Mapping[str, Mapping[str, Mapping[str, float]]], endpoints: Sequence[Mapping[str, Any]],
@@ -22,7 +21,9 @@ def plot_results(stats: Mapping[str, Mapping[str, Mapping[str, float]]], endpoin
     import matplotlib.pyplot as plt
 
     arms = [a for a in stats if a != "base"]
-    fig, axes = plt.subplots(2, 5, figsize=(22, 8.5))
+    fig, axes = plt.subplots(3, 5, figsize=(22, 12.5))
+    for ax in list(axes.flat)[len(METRICS):-1]:
+        ax.axis("off")
     for ax, (key, meaning, higher) in zip(axes.flat, METRICS, strict=False):
         means = [stats[a][key]["mean"] for a in arms]
         stds = [stats[a][key]["std"] for a in arms]
@@ -37,7 +38,7 @@ def plot_results(stats: Mapping[str, Mapping[str, Mapping[str, float]]], endpoin
         base = stats["base"][key]["mean"] if "base" in stats else lo
         ax.set_ylim(min(lo, base) - pad, max(hi, base) + pad)
     ax = axes.flat[-1]
-    names = [f"P{i}: {e['metric']}\nUAL - {labels[e['control']]}" for i, e in enumerate(endpoints, 1)]
+    names = [f"Q{i}: {e['metric']}\n{labels[e['arm']]} - {labels[e['control']]}" for i, e in enumerate(endpoints, 1)]
     for i, e in enumerate(endpoints):
         scale = max(abs(e["ci95"][0]), abs(e["ci95"][1]), 1e-12)  # each endpoint on its own scale
         color = {"supports": "#2ca02c", "refutes": "#d62728"}.get(e["verdict"], "#7f7f7f")
@@ -48,7 +49,8 @@ def plot_results(stats: Mapping[str, Mapping[str, Mapping[str, float]]], endpoin
     ax.set_yticks(range(len(endpoints)), names, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(-1.15, 1.45)
-    ax.set_title("primary endpoints: paired difference, 95% CI\n(each scaled by its largest |CI end|)", fontsize=8.5)
+    ax.set_title("primary questions in their fixed order: paired difference, 95% CI\n(each scaled by its largest "
+                 "|CI end|)", fontsize=8.5)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

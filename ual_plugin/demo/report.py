@@ -1,9 +1,7 @@
-"""The demo's statistics: named primary endpoints, paired 95 % confidence intervals over seeds,
-Holm's correction across the primary endpoints, and a verdict per endpoint.
+"""The demo's statistics: paired 95 % confidence intervals over seeds, Student's t, and tables.
 
 Every arm of a seed shares that seed's data draw and base model, so arms are compared seed by seed
-(paired t). A primary endpoint "supports" UAL when its Holm-adjusted p-value is below 0.05 and UAL
-is better, "refutes" when it is below 0.05 and UAL is worse, and is "inconclusive" otherwise.
+(paired t). How the primary questions and the harms turn into verdicts is in ``design``.
 """
 
 from __future__ import annotations
@@ -21,16 +19,6 @@ Results = Mapping[str, Mapping[int, Mapping[str, float]]]
 Metrics = Sequence[tuple[str, str, bool]]
 HIGHER_IS_BETTER = {key: higher for key, _, higher in METRICS}
 
-# (metric, control arm, the question it answers): UAL against the control, named before any run
-PRIMARY: tuple[tuple[str, str, str], ...] = (
-    ("fact_unseen_p", "uniform_token", "keeps one-right-answer knowledge better than uniform smoothing at equal budget"),
-    ("fact_unseen_p", "shuffled", "... and that is the per-sample allocation, not the amount of smoothing"),
-    ("open_heldout_mass", "sft", "keeps more pre-trained open-ended answers than plain SFT"),
-    ("open_heldout_mass", "shuffled", "... and that is the allocation"),
-    ("open_invalid_mass", "uniform_token", "sends no more mass to invalid answers than uniform smoothing"),
-    ("retention_kl", "uniform_token", "drifts less from the pre-trained model than uniform smoothing"),
-    ("retention_kl", "shuffled", "... and that is the allocation"),
-)
 ALPHA = 0.05
 
 
@@ -98,30 +86,6 @@ def paired(a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str, fl
             "t": t, "p": t_two_sided_p(t, n - 1) if mean or se else 1.0}
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (same order as given)."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted, running = [0.0] * m, 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
-
-
-def primary_endpoints(results: Results, primary: Sequence[tuple[str, str, str]] = PRIMARY,
-                      metrics: Metrics = METRICS) -> list[dict[str, Any]]:
-    """Each primary endpoint: UAL - control, 95 % CI, raw and Holm-adjusted p, and the verdict."""
-    higher_is_better = {key: higher for key, _, higher in metrics}
-    rows = [{**paired(results["ual"], results[control], key), "control": control, "question": question}
-            for key, control, question in primary]
-    for row, p_adj in zip(rows, holm([r["p"] for r in rows]), strict=True):
-        better = row["mean_difference"] > 0 if higher_is_better[row["metric"]] else row["mean_difference"] < 0
-        row["p_holm"] = p_adj
-        row["verdict"] = "inconclusive" if p_adj >= ALPHA else ("supports" if better else "refutes")
-    return rows
-
-
 def secondary(results: Results, metrics: Metrics = METRICS) -> list[dict[str, Any]]:
     """UAL against every other arm on every metric (95 % CIs, no correction, no verdict)."""
     return [{**paired(results["ual"], results[arm], key), "control": arm}
@@ -150,20 +114,3 @@ def format_table(stats: Mapping[str, Mapping[str, Mapping[str, float]]], labels:
         cells = "".join(f"  {stats[a][key]['mean']:>8.3f}±{stats[a][key]['std']:<6.3f}" for a in arms)
         lines.append(f"      {name:<34}{cells}")
     return "\n".join(lines)
-
-
-def format_endpoints(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str]) -> list[str]:
-    out = []
-    for i, r in enumerate(rows, 1):
-        lo, hi = r["ci95"]
-        out.append(f"P{i} {r['metric']}, UAL - {labels[r['control']]}: {r['mean_difference']:+.4f} "
-                   f"[{lo:+.4f}, {hi:+.4f}], p={r['p']:.3g}, Holm p={r['p_holm']:.3g} -> {r['verdict'].upper()} "
-                   f"(UAL {r['question']})")
-    return out
-
-
-def overall(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One plain sentence over the primary endpoints."""
-    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("supports", "refutes", "inconclusive")}
-    return (f"Of {len(rows)} primary endpoints, {counts['supports']} support UAL, {counts['refutes']} refute it and "
-            f"{counts['inconclusive']} are inconclusive (paired over seeds, Holm-corrected at 5 %).")
