@@ -120,6 +120,27 @@ def test_ppl_mode_without_scores(workspace):
     assert all(m["ual_ppl_running_mean"] > 1 for m in run.train_logs), run.tail()
 
 
+def test_dataset_weight_subsamples_rows_with_their_scores(workspace):
+    """Axolotl 0.20+'s per-dataset `weight` subsamples a dataset before tokenising: the kept rows carry their own
+    scores and the map is fitted on them."""
+    from packaging.version import Version
+
+    from ual_plugin.axolotl.compat import installed_axolotl_version
+
+    if Version(installed_axolotl_version()) < Version("0.20.0"):
+        pytest.skip("dataset `weight` arrived in Axolotl 0.20")
+    ws = workspace
+    cfg = ws.base_config(
+        "weighted",
+        datasets=[{"path": str(ws.data / "chat.jsonl"), "type": "chat_template", "ds_type": "json", "weight": 0.5}],
+        max_steps=2,
+        **ws.lora(),
+    )
+    run = run_cli(ws, cfg, "weighted")
+    assert_trained_with_ual(run, 0.1, steps=2)
+    assert "48 -> 24 samples" in run.output and "fitted on 24 training samples" in run.output, run.tail()
+
+
 def test_cut_cross_entropy_plugin_kept_off_trains_ual(workspace):
     """Axolotl's CCE plugin listed with `cut_cross_entropy: false`: its patch stays off and UAL owns the loss."""
     ws = workspace
