@@ -14,7 +14,8 @@ PYTHON="${PYTHON:-python3}"
 torch_spec=("torch==2.13.0"); keep=()
 case "$which" in
   main)   venv=.venv;        spec=".[all]";                        extra=() ;;
-  latest) venv=.venv-latest; spec=".[trl,scoring,analysis,dev]";   extra=("trl>=1.16,<2" "transformers>=5.20,<6" "liger-kernel") ;;
+  # liger-kernel 0.8.1 (what Axolotl 0.19 pins): its SwiGLU runs under Triton's CPU interpreter, 0.8.5's does not
+  latest) venv=.venv-latest; spec=".[trl,scoring,analysis,dev]";   extra=("trl>=1.16,<2" "transformers>=5.20,<6" "liger-kernel==0.8.1") ;;
   lowest) venv=.venv-axolotl-lowest; spec=".[axolotl,dev]";       extra=("axolotl==0.17.0") ;;
   py312)  venv=.venv-axolotl-py312;  spec=".[axolotl,dev]";       extra=("axolotl==0.21.0")
           torch_spec=("torch==2.14.1" "triton==3.8.0"); keep=("${torch_spec[@]}") ;;

@@ -20,7 +20,7 @@ def python_blocks() -> list[str]:
 
 def as_run_here(code: str, model_dir: str) -> str:
     """The block with the hub name replaced and use_cpu=True in every config (the only two edits)."""
-    code = code.replace(f'"{HUB_MODEL}"', repr(model_dir))
+    code = code.replace(f'"{HUB_MODEL}"', repr(str(model_dir)))
     return re.sub(r"\b((?:UAL)?SFTConfig)\(", r"\1(use_cpu=True, ", code)
 
 
@@ -36,7 +36,7 @@ def _namespace() -> dict:
     from datasets import Dataset
 
     rows = [{"prompt": f"What is {i} plus {i}?", "completion": f" It is {2 * i}.", "uncertainty": float(1 + 6 * i)}
-            for i in range(16)]
+            for i in range(32)]  # 12 steps at the defaults (3 epochs, batch 8): one log at logging_steps=10
     scored = Dataset.from_list(rows)
     torch.manual_seed(0)
     head = torch.nn.Linear(32, 101, bias=False)

@@ -36,10 +36,10 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     trainer = UALSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                             processing_class=AutoTokenizer.from_pretrained(model_dir))
-    if liger:
-        print("replaced:", sorted({m._get_name() for m in trainer.model.modules() if "Liger" in m._get_name()}))
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     trainer.train()
+    if liger:  # Trainer applies Liger's kernels when train() starts
+        print("replaced:", sorted({m._get_name() for m in trainer.model.modules() if "Liger" in m._get_name()}))
     if trainer.accelerator.is_main_process:
         delta = torch.cat([(p.detach() - before[k]).flatten() for k, p in trainer.model.named_parameters()])
         torch.save(delta, out_file)
