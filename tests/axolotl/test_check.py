@@ -74,6 +74,20 @@ def test_misspelled_plugin_is_named(workspace, tmp_path, capsys):
     assert status == INACTIVE and "ual_plugin.UALPlugin is not the plugin's name" in out
 
 
+def test_module_colon_class_form_is_what_this_axolotl_makes_of_it(workspace, tmp_path, capsys):
+    """`ual_plugin.axolotl:UALPlugin`: Axolotl 0.21 loads it (UAL active); older releases cannot (plain SFT)."""
+    from packaging.version import Version
+
+    from ual_plugin.axolotl.compat import installed_axolotl_version
+
+    cfg = workspace.base_config("check", plugins=["ual_plugin.axolotl:UALPlugin"])
+    status, out = check(write(tmp_path, cfg), capsys)
+    if Version(installed_axolotl_version()) >= Version("0.21.0"):
+        assert status == ACTIVE, out
+    else:
+        assert status == INACTIVE and "ual_plugin.axolotl:UALPlugin cannot be loaded" in out, out
+
+
 def test_plugin_listed_but_ual_off(workspace, tmp_path, capsys):
     cfg = workspace.base_config("check", ual=False)
     status, out = check(write(tmp_path, cfg), capsys)

@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ual_plugin.axolotl.options import PLUGIN_ALIASES, PLUGIN_NAME, UAL_OPTIONS, ual_conflicts
+from ual_plugin.axolotl.options import PLUGIN_NAME, UAL_OPTIONS, names_ual_plugin, ual_conflicts
 
 ACTIVE, INACTIVE, INVALID = 0, 1, 2
 
@@ -112,11 +112,11 @@ def check(path: str, validate: bool = True) -> tuple[int, list[str]]:
     plugins = raw.get("plugins") or []
     if isinstance(plugins, str):
         plugins = [plugins]
-    listed = [p for p in plugins if p in PLUGIN_ALIASES]
+    listed = [p for p in plugins if names_ual_plugin(p)]
     lines.append(f"  plugins: {', '.join(map(str, plugins)) if plugins else '(none)'}")
     lines.append(f"  ual options in the YAML: {', '.join(f'{k}={raw[k]!r}' for k in ual_keys) or '(none)'}")
 
-    near_miss = [p for p in plugins if isinstance(p, str) and "ual" in p.lower() and p not in PLUGIN_ALIASES]
+    near_miss = [p for p in plugins if isinstance(p, str) and "ual" in p.lower() and not names_ual_plugin(p)]
     if not listed:
         if ual_keys:
             lines += [
@@ -154,6 +154,8 @@ def check(path: str, validate: bool = True) -> tuple[int, list[str]]:
         if conflicts:
             lines += ["  ERROR: ual: true cannot be combined with:"] + [f"    - {c}" for c in conflicts]
             return INVALID, lines
+        if ":" in listed[0]:
+            lines.append(f"  note: Axolotl 0.21 and later load {listed[0]}; older releases skip it (plain SFT)")
         lines.append("  (not validated by Axolotl: --no-validate)")
         lines.append("  UAL will be active (if Axolotl accepts the rest of the config).")
         return ACTIVE, lines

@@ -11,6 +11,13 @@ from ual_plugin.options import UAL_MODES, UAL_OPTIONS, check_ual_options
 
 PLUGIN_NAME = "ual_plugin.axolotl.UALPlugin"
 PLUGIN_ALIASES = (PLUGIN_NAME, "ual_plugin.axolotl.plugin.UALPlugin")
+
+
+def names_ual_plugin(name: object) -> bool:
+    """True for the plugin's dotted names and their ``module:Class`` form (which Axolotl 0.21 also loads)."""
+    return isinstance(name, str) and name.replace(":", ".") in PLUGIN_ALIASES
+
+
 # Axolotl's plugins that replace the loss when listed (Cut Cross-Entropy: unless `cut_cross_entropy: false`).
 CCE_PLUGIN_PACKAGE = "axolotl.integrations.cut_cross_entropy"
 DIFFUSION_PLUGIN_PACKAGE = "axolotl.integrations.diffusion"
@@ -138,5 +145,6 @@ __all__ = [
     "UAL_MODES",
     "UAL_OPTIONS",
     "check_ual_values",
+    "names_ual_plugin",
     "ual_conflicts",
 ]
