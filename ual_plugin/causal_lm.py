@@ -488,14 +488,17 @@ def _pop_liger_loss_kwargs(kwargs: dict) -> bool:
     return bool(kwargs.pop("return_token_accuracy", False))
 
 
-def compile_repeated_blocks(model: torch.nn.Module, **compile_kwargs: Any) -> int:
+def compile_repeated_blocks(model: torch.nn.Module, checkpointed: bool = False, **compile_kwargs: Any) -> int:
     """Compile, in place, each block of the model's repeated layers (regional compilation, as accelerate's
-    ``compile_regions`` does for DeepSpeed); returns how many. The UAL forward around them runs eagerly."""
+    ``compile_regions`` does for DeepSpeed); returns how many. The UAL forward around them runs eagerly.
+    ``checkpointed``: gradient checkpointing wraps each block's call, and dynamo gives up on a block whose trace
+    holds the checkpoint, so each block's children (attention, MLP, norms) are compiled instead."""
 
     def visit(module: torch.nn.Module) -> int:
         if isinstance(module, torch.nn.ModuleList) and len(module) > 1 and len({type(m) for m in module}) == 1:
             for block in module:
-                block.compile(**compile_kwargs)
+                for part in (block.children() if checkpointed else (block,)):
+                    part.compile(**compile_kwargs)
             return len(module)
         return sum(visit(child) for child in module.children())
 

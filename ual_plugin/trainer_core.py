@@ -158,8 +158,8 @@ class UALTrainerCore:
     def _ual_compile(self) -> None:
         """``torch_compile=True``: compile the decoder blocks one by one. The UAL forward is never traced (see
         ``causal_lm._ual_forward``), so the whole-model compile that accelerate adds would compile nothing."""
-        n = compile_repeated_blocks(self.model, backend=self.args.torch_compile_backend,
-                                    mode=self.args.torch_compile_mode)
+        n = compile_repeated_blocks(self.model, checkpointed=bool(self.args.gradient_checkpointing),
+                                    backend=self.args.torch_compile_backend, mode=self.args.torch_compile_mode)
         if n == 0:
             raise ValueError(
                 f"UAL with torch_compile=True compiles the model's repeated blocks (its decoder layers), but "

@@ -101,8 +101,9 @@ def test_torch_compile_gives_eager_gradients_with_compiled_blocks(tiny_model_dir
     tr = trainer(tiny_model_dir, ds, tmp_path / "c", torch_compile=True, torch_compile_backend="aot_eager", **extra)
     _, compiled = _one_step(tr)
     assert counters["stats"]["unique_graphs"] > 0  # something was compiled
-    blocks = tr.model.model.layers
-    assert all(block._compiled_call_impl is not None for block in blocks)
+    for block in tr.model.model.layers:  # with gradient checkpointing (trl >= 1.16's default) the blocks' parts
+        parts = list(block.children()) if tr.args.gradient_checkpointing else [block]
+        assert all(part._compiled_call_impl is not None for part in parts)
     assert rel_err(compiled, eager) < 1e-5
     torch._dynamo.reset()
 
