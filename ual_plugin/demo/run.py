@@ -308,8 +308,8 @@ def run_demo(s: DemoSettings) -> dict:
     if s.axolotl and _axolotl_available():
         from ual_plugin.demo.axolotl_run import train_with_axolotl
 
-        print("[5/5] seed 0's scored rows through the real `axolotl train` (plugins: [ual_plugin.axolotl.UALPlugin], "
-              "ual: true)", flush=True)
+        print("[5/5] the first seed's scored rows through the real `axolotl train` (plugins: "
+              "[ual_plugin.axolotl.UALPlugin], ual: true)", flush=True)
         status, parsed = train_with_axolotl(out / "axolotl", base_dirs[s.seeds[0]], out / "train.scored.jsonl",
                                             s.alpha, s.axolotl_steps, s.seeds[0])
         if status != 0:
