@@ -72,3 +72,28 @@ def test_smoke_run_end_to_end(tmp_path):
     assert on_disk["smoke"] is True and "no verdict" in on_disk["verdict"]
     assert len(on_disk["primary_sequence"]) == len(SEQUENCE) and len(on_disk["harms"]) == len(HARMS)
     assert on_disk["versions"]["torch"] and on_disk["versions"]["transformers"]
+
+
+def test_report_uses_only_seeds_with_every_arm_and_runs_the_fixed_sequence(tmp_path):
+    from ual_plugin.demo.smollm_eval import METRICS
+    from ual_plugin.demo.smollm_report import report
+    from ual_plugin.demo.smollm_run import ARM_ORDER, SEQUENCE, cpu_settings
+
+    lines = []
+    for seed in range(4):
+        for arm in ("base", *ARM_ORDER):
+            if seed == 3 and arm == "ual_ppl":
+                continue  # a run cut short: seed 3 has no UAL (PPL scores) arm
+            m = {k: 0.3 + 0.01 * seed for k, _, _ in METRICS}
+            if arm == "ual":
+                m["open_heldout_share"] += 0.05 + 0.001 * seed  # clearly above every control
+            lines.append({"seed": seed, "arm": arm, "metrics": m, "checkpoints": {"5": m, "10": m}})
+    stream = tmp_path / "per_seed.jsonl"
+    stream.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    summary = report([stream], tmp_path / "out", cpu_settings(tmp_path))
+    assert summary["seeds"] == [0, 1, 2]
+    verdicts = [q["verdict"] for q in summary["primary_sequence"]]
+    assert len(verdicts) == len(SEQUENCE)
+    assert verdicts[:3] == ["supports", "supports", "inconclusive"]  # Q3's metric does not differ: the gate closes
+    assert verdicts[3] == "not reached"
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["versions"]["python"]
