@@ -45,7 +45,7 @@ LABELS = {"stock": "stock SFTTrainer", "ual": "UALSFTTrainer", "stock_ls": "stoc
           "uniform": "UALSFTTrainer, ual_mode='uniform', ual_alpha=0.1"}
 
 
-def build_trainer(p: dict, variant: str, device: str, out_dir: str):
+def build_trainer(p: dict, variant: str, device: str, out_dir: str, fp32: bool = False):
     from datasets import Dataset
     from random_llama import llama_config, preset_dtype
     from transformers import LlamaForCausalLM
@@ -78,8 +78,8 @@ def build_trainer(p: dict, variant: str, device: str, out_dir: str):
         **extra,
         use_cpu=(device == "cpu"), report_to=[], save_strategy="no", logging_strategy="no",
         max_length=p["seq"], disable_tqdm=True, dataset_num_proc=None, gradient_checkpointing=(device != "cpu"),
-        max_steps=STEPS_PER_ROUND, train_sampling_strategy="sequential",
-    )  # bf16 left to SFTConfig's default (True), as users run it
+        max_steps=STEPS_PER_ROUND, train_sampling_strategy="sequential", **({"bf16": False} if fp32 else {}),
+    )  # bf16 left to SFTConfig's default (True), as users run it, unless --fp32
     # ual=False makes UALSFTTrainer exactly stock SFTTrainer (same class hierarchy, TRL's own loss path)
     from ual_plugin.demo.tiny import build_tokenizer
 
@@ -115,9 +115,9 @@ def train_round(trainer, timer: StepTimer, steps: int = STEPS_PER_ROUND) -> list
     return timer.times[1:]
 
 
-def memory_of(p: dict, variant: str, device: str) -> float:
+def memory_of(p: dict, variant: str, device: str, fp32: bool = False) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, timer = build_trainer(p, variant, device, tmp)
+        trainer, timer = build_trainer(p, variant, device, tmp, fp32)
         train_round(trainer, timer, 1)  # warm-up: the optimizer state exists from here on
         sync(device)
         return peak_bytes(lambda: train_round(trainer, timer, 1), device)
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                     "SFTTrainer with label_smoothing_factor, both at 0.1")
     ap.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     ap.add_argument("--profile", help="also write a torch.profiler table of one step of each trainer to this file")
+    ap.add_argument("--fp32", action="store_true", help="bf16=False instead of SFTConfig's default")
     ap.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     p = PRESETS[args.preset]
@@ -155,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     if args.memory_of:
-        print(json.dumps({"peak_bytes": memory_of(p, args.memory_of, args.device)}))
+        print(json.dumps({"peak_bytes": memory_of(p, args.memory_of, args.device, args.fp32)}))
         return 0
     variants = COMPARISONS[args.compare]
     with tempfile.TemporaryDirectory() as tmp:
-        built = {v: build_trainer(p, v, args.device, os.path.join(tmp, v)) for v in variants}
+        built = {v: build_trainer(p, v, args.device, os.path.join(tmp, v), args.fp32) for v in variants}
         for v in variants:
             train_round(*built[v])
         times = {v: [] for v in variants}
@@ -168,18 +169,18 @@ def main(argv: list[str] | None = None) -> int:
                 times[v].append(statistics.median(train_round(*built[v])))
         if args.profile:
             write_profiles(built, args.device, args.profile)
-        precision = "bf16" if built[variants[0]][0].args.bf16 else "fp32"
+        precision = "bf16" if built[variants[0]][0].args.bf16 else "no"
         del built
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
     memory = {}
     for v in variants:
         out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--device", args.device,
-                              "--memory-of", v], env=env, capture_output=True, text=True, check=True)
+                              "--memory-of", v, *(["--fp32"] if args.fp32 else [])], env=env, capture_output=True, text=True, check=True)
         memory[v] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
     import trl
 
     base = variants[0]
-    lines = [provenance(args.device), f"preset={args.preset} {p}, {precision} autocast (SFTConfig's default), "
+    lines = [provenance(args.device), f"preset={args.preset} {p}, {precision} autocast, "
              f"{args.reps} interleaved rounds of {STEPS_PER_ROUND} train() steps (the first a warm-up)\n",
              "| trl | trainer | median step | time vs stock | peak memory | memory vs stock |",
              "|---|---|---|---|---|---|"]
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join(lines) + "\n"
     print(body)
     if args.write:
-        suffix = "" if args.compare == "nll" else f"-{args.compare}"
+        suffix = ("" if args.compare == "nll" else f"-{args.compare}") + ("-fp32" if args.fp32 else "")
         write_section(f"train-step-{args.preset}-trl-{trl.__version__}{suffix}", body)
     return 0
 
