@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("axolotl")
 
+from packaging.version import Version  # noqa: E402
+
 from tests.axolotl.helpers import PLUGIN, run_cli, weight_delta_rel  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.axolotl]
@@ -198,6 +200,40 @@ def test_gradient_accumulation_matches_one_large_batch(workspace, one_batch_of_4
     rel = weight_delta_rel(ws.model, ws.root / "runs" / "sgd-4x1", ws.root / "runs" / "sgd-2x2")
     assert rel < 1e-5, rel
     assert run.train_logs[0]["ual_smoothing"] == pytest.approx(one_batch_of_4.train_logs[0]["ual_smoothing"], rel=1e-3)
+
+
+def _liger_version() -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("liger-kernel")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+LIGER = _liger_version()
+
+
+@pytest.mark.skipif(LIGER is None, reason="liger-kernel is not installed")
+@pytest.mark.skipif(LIGER is not None and Version(LIGER) >= Version("0.8.4"),  # what Axolotl 0.21 pins
+                    reason=f"Liger {LIGER}'s SwiGLU kernel does not run under Triton's CPU interpreter ('float' object "
+                           "has no attribute 'to'); the test runs with Liger 0.7.0 (Axolotl 0.17) and 0.8.1 (Axolotl 0.19)")
+def test_liger_swiglu_kernel_beside_the_ual_loss(workspace, one_batch_of_4):
+    """`liger_glu_activation: true` (Axolotl's Liger plugin): Liger's SwiGLU kernel replaces the MLP, the loss stays
+    UAL's, and the update equals the run without Liger to 1e-4 (fp32; Liger's Triton kernel runs under Triton's
+    CPU interpreter). Liger's RMSNorm kernel does not run under that interpreter, so it is not exercised here."""
+    from tests.axolotl.report_modules import PREFIX
+
+    ws = workspace
+    plugins = [PLUGIN, "axolotl.integrations.liger.LigerPlugin", "tests.axolotl.report_modules.ReportModules"]
+    cfg = _sgd_config(ws, "sgd-liger", 4, 1, plugins=plugins, liger_glu_activation=True)
+    run = run_cli(ws, cfg, "sgd-liger", launcher="module", extra_env={"TRITON_INTERPRET": "1"})
+    assert run.returncode == 0, run.tail()
+    modules = next(line for line in run.output.splitlines() if line.startswith(PREFIX))
+    assert "LigerSwiGLUMLP" in modules and "LlamaMLP" not in modules, modules
+    assert "UAL active: mode=column, alpha=0.3" in run.output, run.tail()
+    rel = weight_delta_rel(ws.model, ws.root / "runs" / "sgd-4x1", ws.root / "runs" / "sgd-liger")
+    assert rel < 1e-4, rel
 
 
 def test_ddp_two_cpu_processes_match_one_large_batch(workspace, one_batch_of_4):
