@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv if needed, then run the bundled demo end to end (no API key, no hub access).
+# Set up .venv if needed (pinned: setup_env.sh main installs under scripts/constraints-main.txt), then run the
+# bundled demo end to end (no API key, no hub access).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_DISABLED=true WANDB_MODE=disabled \
