@@ -3,6 +3,7 @@ and the primary questions as paired differences with their 95 % confidence inter
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ def plot_results(stats: Mapping[str, Mapping[str, Mapping[str, float]]], endpoin
         if "base" in stats:
             ax.axhline(stats["base"][key]["mean"], color="black", linestyle="--", linewidth=1, label="pre-trained")
         ax.set_xticks(range(len(arms)), [labels[a] for a in arms], rotation=35, ha="right", fontsize=8)
-        ax.set_title(f"{meaning}\n({'higher' if higher else 'lower'} is better)", fontsize=8.5)
+        ax.set_title(f"{textwrap.fill(meaning, 46)}\n({'higher' if higher else 'lower'} is better)", fontsize=8.5)
         lo = min(m - s for m, s in zip(means, stds, strict=True))
         hi = max(m + s for m, s in zip(means, stds, strict=True))
         pad = (hi - lo) * 0.3 + 1e-6
