@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline, claims nothing")
-    size.add_argument("--cpu", action="store_true", help="the CPU size (about an hour on 2 cores)")
+    size.add_argument("--cpu", action="store_true", help="the CPU size (67 minutes on a shared 2-core machine as two processes of 2 seeds)")
     parser.add_argument("--no-report", action="store_true", help="only train and stream (another process reports)")
     parser.add_argument("--report", type=Path, nargs="+", default=None, metavar="PER_SEED_JSONL",
                         help="no training: the statistics from these per_seed.jsonl files, written to --out")
