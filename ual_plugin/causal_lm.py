@@ -547,22 +547,28 @@ def _patch_forward(module: torch.nn.Module, forward: Any, saved: str) -> None:
     """Replace ``module.forward``, keeping the one it had under ``saved`` (and whether it was its own)."""
     setattr(module, saved, module.forward)
     module._ual_own_forward = "forward" in module.__dict__
-    module.forward = forward
+    module.forward = module._ual_installed_forward = forward
 
 
 def remove_ual_forward(model: torch.nn.Module) -> torch.nn.Module:
-    """Take the UAL entry off the causal LM inside ``model`` (also after ``merge_and_unload``); returns it."""
+    """Take the UAL entry off the causal LM inside ``model`` (also after ``merge_and_unload``); returns it.
+
+    Where a wrapper was put around UAL's forward after it was installed (accelerate's mixed precision wraps
+    ``model.forward`` in autocast and the fp32 output conversion when training starts), both stay: removing UAL's
+    would remove the wrapper too, and UAL's passes every call through unchanged when no UAL request is active.
+    """
     lm = unwrap_model(model)
     for module in lm.modules():
         saved = next((k for k in ("_ual_original_forward", "_ual_plain_forward") if k in module.__dict__), None)
-        if saved is None:
+        if saved is None or module.__dict__.get("forward") is not module.__dict__.get("_ual_installed_forward"):
             continue
         original = module.__dict__.pop(saved)
         if module.__dict__.pop("_ual_own_forward"):
             module.forward = original
         else:
             del module.forward
-        for key in ("_ual_accepts_logits_to_keep", "_ual_logit_transform", "_ual_logits_checked"):
+        for key in ("_ual_installed_forward", "_ual_accepts_logits_to_keep", "_ual_logit_transform",
+                    "_ual_logits_checked"):
             module.__dict__.pop(key, None)
     return lm
 

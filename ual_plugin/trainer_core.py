@@ -255,7 +255,7 @@ class UALTrainerCore:
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
-            if self._ual_on:  # the trained model leaves without UAL's patches (evaluate / predict put them back)
+            if self._ual_on:  # UAL's patches come off, but not a wrapper around them (see remove_ual_forward)
                 remove_ual_forward(self.model)
 
     def _ual_load_state(self, checkpoint: str | bool) -> None:

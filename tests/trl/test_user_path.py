@@ -157,3 +157,16 @@ def test_liger_loss_kernels_are_refused_by_name(tmp_path):
                      liger_kernel_config={"fused_linear_cross_entropy": True})
     args = UALSFTConfig(output_dir=str(tmp_path), use_cpu=True, use_liger_kernel=True, liger_kernel_config={"rope": True})
     assert args.liger_kernel_config == {"rope": True, "fused_linear_cross_entropy": False, "cross_entropy": False}
+
+
+def test_evaluate_after_train_runs_under_the_same_autocast(tiny_model_dir, tmp_path):
+    """accelerate wraps the forward (UAL's included) in autocast when train() starts; taking UAL's patches off at the
+    end of train() must not take that wrapper with them, or evaluate() afterwards would run without autocast."""
+    tr = trainer(tiny_model_dir, prompt_completion(16), tmp_path, eval_dataset=prompt_completion(6, seed=1))
+    seen = []
+    tr.model.model.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    tr.train()
+    assert seen and all(seen)
+    seen.clear()
+    tr.evaluate()
+    assert seen and all(seen)  # as in stock SFTTrainer's evaluate() after train()
