@@ -153,7 +153,7 @@ def _with_router_loss(loss: torch.Tensor, outputs: Any, trainer: Any, num_items_
     """``loss`` plus the MoE router loss, weighted and accumulated as the calling trainer weights it without a
     ``compute_loss_func`` (which it leaves the router loss to): trl >= 1.16 keeps its coefficient on the trainer and
     averages the term over the accumulation steps; trl 1.9 and ``transformers.Trainer`` take the model's own loss,
-    which adds it per micro-batch at the model config's coefficient."""
+    which adds it per micro-batch at the model's own coefficient (set from its config when it was built)."""
     aux = outputs.get("aux_loss") if isinstance(outputs, dict) else getattr(outputs, "aux_loss", None)
     if aux is None:
         return loss
@@ -165,9 +165,11 @@ def _with_router_loss(loss: torch.Tensor, outputs: Any, trainer: Any, num_items_
         if num_items_in_batch is not None:
             steps = getattr(trainer, "current_gradient_accumulation_steps", 1)
     else:
-        model = trainer.model  # Trainer keeps the unwrapped model here (PEFT's wrapper forwards its config)
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        coef = getattr(config, "router_aux_loss_coef", None)
+        model = trainer.model  # Trainer keeps the unwrapped model here (PEFT's wrapper forwards attributes)
+        coef = getattr(model, "router_aux_loss_coef", None)  # what the model's own forward weights it with
+        if coef is None:
+            config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+            coef = getattr(config, "router_aux_loss_coef", None)
         if coef is None:
             raise ValueError(f"{type(model).__name__} returned a router loss but its config has no router_aux_loss_coef")
     return loss + coef * aux.to(loss.device) / steps

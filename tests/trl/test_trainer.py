@@ -310,7 +310,7 @@ def test_unreachable_alpha_is_reported(tiny_model_dir, tmp_path):
     [
         (dict(ual_mode="tokens"), "ual_mode"),
         (dict(ual_alpha=1.2), "above ual_v_max"),
-        (dict(use_liger_kernel=True), "use_liger_kernel"),
+        (dict(use_liger_kernel=True, liger_kernel_config={"cross_entropy": True}), "cross_entropy"),
         (dict(label_smoothing_factor=0.1), "label_smoothing_factor"),
     ],
 )

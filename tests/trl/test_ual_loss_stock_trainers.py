@@ -154,10 +154,11 @@ def test_the_one_liner_keeps_the_moe_router_loss_as_stock_weights_it(tiny_model_
     def rel(a, b):
         return float((a - b).norm() / b.norm())
 
-    deltas = {}
+    ual, stock = {}, {}
     for coef in (0.001, 5.0):
-        ual = router_delta(f"u{coef}", coef, UALLoss(alpha=1e-9))
-        stock = router_delta(f"s{coef}", coef, None)
-        assert rel(ual, stock) < 1e-4, (coef, rel(ual, stock))
-        deltas[coef] = ual
-    assert rel(deltas[5.0], deltas[0.001]) > 1e-2  # the coefficient reaches the router update
+        ual[coef] = router_delta(f"u{coef}", coef, UALLoss(alpha=1e-9))
+        stock[coef] = router_delta(f"s{coef}", coef, None)
+        assert rel(ual[coef], stock[coef]) < 1e-4, (coef, rel(ual[coef], stock[coef]))
+    # the coefficient reaches the router update wherever it reaches stock's (trl >= 1.16 takes the trainer's; with
+    # loss_type='nll', trl 1.9's model keeps the coefficient it was built with, for stock and the one-liner alike)
+    assert (rel(ual[5.0], ual[0.001]) > 1e-2) == (rel(stock[5.0], stock[0.001]) > 1e-2)
