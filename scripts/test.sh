@@ -20,7 +20,19 @@ echo "== tests: .venv (axolotl 0.19.0, trl 1.9, transformers 5.16)"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 echo "== tests: .venv-latest (newest trl / transformers)"
 .venv-latest/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/axolotl "$@"
+# The two Axolotl environments run side by side (their tests spend much of their time starting `axolotl train`
+# processes, so two suites share 2 cores well); each one's output follows when both are done.
+logs=$(mktemp -d)
+.venv-axolotl-lowest/bin/python -m pytest -q -p no:cacheprovider tests/axolotl "$@" > "$logs/lowest" 2>&1 &
+lowest=$!
+.venv-axolotl-py312/bin/python -m pytest -q -p no:cacheprovider tests/axolotl "$@" > "$logs/py312" 2>&1 &
+py312=$!
+status=0
+wait "$lowest" || status=1
 echo "== tests: .venv-axolotl-lowest (axolotl 0.17.0, trl 1.5, transformers 5.9): tests/axolotl"
-.venv-axolotl-lowest/bin/python -m pytest -q -p no:cacheprovider tests/axolotl "$@"
+cat "$logs/lowest"
+wait "$py312" || status=1
 echo "== tests: .venv-axolotl-py312 (axolotl 0.21.0, trl 1.14, transformers 5.20, Python 3.12): tests/axolotl"
-.venv-axolotl-py312/bin/python -m pytest -q -p no:cacheprovider tests/axolotl "$@"
+cat "$logs/py312"
+rm -rf "$logs"
+exit "$status"
