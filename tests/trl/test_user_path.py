@@ -170,3 +170,21 @@ def test_evaluate_after_train_runs_under_the_same_autocast(tiny_model_dir, tmp_p
     seen.clear()
     tr.evaluate()
     assert seen and all(seen)  # as in stock SFTTrainer's evaluate() after train()
+
+
+def test_prompt_tuning_trains_in_column_mode(tiny_model_dir, tmp_path):
+    """PEFT prompt tuning prepends virtual tokens inside its forward; UAL's column mode trains through it (the
+    per-token placement is checked against torch's loss in tests/test_causal_lm.py)."""
+    peft = pytest.importorskip("peft")
+    from ual_plugin.trl import UALSFTConfig, UALSFTTrainer
+
+    tr = UALSFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                       args=UALSFTConfig(**config_kwargs(tmp_path, max_steps=2)), train_dataset=prompt_completion(16),
+                       processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+                       peft_config=peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    prompt = next(p for n, p in tr.model.named_parameters() if p.requires_grad)
+    before = prompt.detach().clone()
+    tr.train()
+    logs = [h for h in tr.state.log_history if "loss" in h]
+    assert len(logs) == 2 and all(0 < h["ual_smoothing"] < 1 for h in logs)
+    assert not torch.equal(before, prompt.detach())
