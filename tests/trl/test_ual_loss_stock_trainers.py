@@ -132,7 +132,7 @@ def test_the_one_liner_saves_and_resumes_its_running_mean(tiny_model_dir, tmp_pa
 def test_the_one_liner_keeps_the_moe_router_loss_as_stock_weights_it(tiny_model_dir, tmp_path, accumulation):
     """compute_loss_func=UALLoss on a tiny Mixtral at smoothing ~0: the router update equals stock SFTTrainer's at two
     coefficients and GA 1 and 2 (TRL leaves the router loss to the function), and it follows the coefficient."""
-    from tests.trl.test_trainer import _tiny_mixtral_dir
+    from tests.trl.test_trainer import _tiny_mixtral_dir, rel_err
 
     model_dir = _tiny_mixtral_dir(tiny_model_dir, tmp_path)
 
@@ -151,14 +151,11 @@ def test_the_one_liner_keeps_the_moe_router_loss_as_stock_weights_it(tiny_model_
         return torch.cat([(p.detach() - before[k]).flatten() for k, p in tr.model.named_parameters()
                           if "gate" in k and "expert" not in k])
 
-    def rel(a, b):
-        return float((a - b).norm() / b.norm())
-
     ual, stock = {}, {}
     for coef in (0.001, 5.0):
         ual[coef] = router_delta(f"u{coef}", coef, UALLoss(alpha=1e-9))
         stock[coef] = router_delta(f"s{coef}", coef, None)
-        assert rel(ual[coef], stock[coef]) < 1e-4, (coef, rel(ual[coef], stock[coef]))
+        assert rel_err(ual[coef], stock[coef]) < 1e-4, (coef, rel_err(ual[coef], stock[coef]))
     # the coefficient reaches the router update wherever it reaches stock's (trl >= 1.16 takes the trainer's; with
     # loss_type='nll', trl 1.9's model keeps the coefficient it was built with, for stock and the one-liner alike)
-    assert (rel(ual[5.0], ual[0.001]) > 1e-2) == (rel(stock[5.0], stock[0.001]) > 1e-2)
+    assert (rel_err(ual[5.0], ual[0.001]) > 1e-2) == (rel_err(stock[5.0], stock[0.001]) > 1e-2)

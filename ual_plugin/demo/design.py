@@ -131,6 +131,15 @@ def format_harms(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str]) -
     return out
 
 
+def format_verdicts(sequence: Sequence[Mapping[str, Any]], harms: Sequence[Mapping[str, Any]],
+                    labels: Mapping[str, str]) -> list[str]:
+    """The primary questions and the harm tests under their headings, each row indented by two spaces."""
+    return ["primary questions in their fixed order (paired 95% CI; each is tested only if every earlier one "
+            "supported UAL):", *(f"  {line}" for line in format_sequence(sequence, labels)),
+            "harms (non-inferiority: the CI's worse end must stay within the margin fixed before the run):",
+            *(f"  {line}" for line in format_harms(harms, labels))]
+
+
 def verdict_line(sequence: Sequence[Mapping[str, Any]], harms: Sequence[Mapping[str, Any]]) -> str:
     """One plain sentence: how far the fixed sequence got, and whether every harm test passed."""
     supported = 0

@@ -185,8 +185,7 @@ def run_demo(s: DemoSettings) -> dict:
     from ual_plugin.demo.design import (
         detectable_difference,
         fixed_sequence,
-        format_harms,
-        format_sequence,
+        format_verdicts,
         non_inferiority,
         verdict_line,
     )
@@ -256,12 +255,7 @@ def run_demo(s: DemoSettings) -> dict:
     verdict = verdict_line(sequence, harms)
     print("[4/5] results: mean ± std over seeds; the pre-trained model is the zero point of every metric")
     print(format_table(stats, labels))
-    print("      primary questions in their fixed order (paired 95% CI; each is tested only if every earlier one "
-          "supported UAL):")
-    for line in format_sequence(sequence, labels):
-        print(f"      {line}")
-    print("      harms (non-inferiority: the CI's worse end must stay within the margin fixed before the run):")
-    for line in format_harms(harms, labels):
+    for line in format_verdicts(sequence, harms, labels):
         print(f"      {line}")
     print(f"      VERDICT: {verdict}")
     robust_summary = None

@@ -16,8 +16,7 @@ from typing import Any
 from ual_plugin.demo.design import (
     detectable_difference,
     fixed_sequence,
-    format_harms,
-    format_sequence,
+    format_verdicts,
     non_inferiority,
     verdict_line,
 )
@@ -70,13 +69,7 @@ def report(paths: Sequence[Path], out_dir: Path, s: SmolSettings) -> dict[str, A
              for q, row in zip(SEQUENCE, sequence, strict=True)}
     print("mean ± std over seeds (each seed: the mean over checkpoints); the base model is the zero point")
     print(format_table(stats, labels, METRICS))
-    print("primary questions, in their fixed order (paired 95% CI; a question is tested only if every earlier one "
-          "supported UAL):")
-    for line in format_sequence(sequence, labels):
-        print(f"  {line}")
-    print("harms (non-inferiority: the CI's worse end must stay within the margin fixed before the run):")
-    for line in format_harms(harms, labels):
-        print(f"  {line}")
+    print("\n".join(format_verdicts(sequence, harms, labels)))
     print(f"per checkpoint, UAL - SFT / uniform / shuffled (mean paired difference) at steps {steps}:")
     for step in steps:
         cells = "; ".join(f"{k} " + " / ".join(f"{c['mean_difference']:+.4f}" for c in v)
