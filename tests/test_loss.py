@@ -1,8 +1,11 @@
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ual_plugin import linear_smoothed_cross_entropy, smoothed_cross_entropy
+from ual_plugin.loss import chunk_rows_for, ridge_point
 
 EPS_VALUES = [0.0, 0.05, 0.1, 0.3, 0.7, 0.99]
 
@@ -229,3 +232,22 @@ def test_token_stats_are_the_per_token_values_laid_out_like_the_targets(skip_ign
     plain = linear_smoothed_cross_entropy(hidden, weight, targets, eps, bias=bias, reduction="sum", chunk_size=11,
                                           skip_ignored=skip_ignored)
     torch.testing.assert_close(total, plain, rtol=0, atol=0)
+
+
+def gpu(major, minor, sms, clock_mhz, mem_clock_mhz, bus_bits):
+    """The fields of ``torch.cuda.get_device_properties`` that ``ridge_point`` reads (clocks in kHz)."""
+    return types.SimpleNamespace(major=major, minor=minor, multi_processor_count=sms, clock_rate=clock_mhz * 1000,
+                                 memory_clock_rate=mem_clock_mhz * 1000, memory_bus_width=bus_bits)
+
+
+def test_gpu_chunk_rows_follow_the_devices_ridge_point():
+    """Datasheet figures: an H100 SXM (3.35 TB/s) has a higher ridge point than an H200 (4.8 TB/s), so it
+    needs taller chunks for a compute-bound weight-gradient GEMM; unknown architectures keep 2048 rows."""
+    h100, h200 = gpu(9, 0, 132, 1980, 2619, 5120), gpu(9, 0, 132, 1980, 3201, 6144)
+    a100 = gpu(8, 0, 108, 1410, 1593, 5120)
+    assert 300 < ridge_point(h100) < 340 and 200 < ridge_point(h200) < 240 and 140 < ridge_point(a100) < 170
+    rows = {name: chunk_rows_for(ridge_point(p)) for name, p in (("h100", h100), ("h200", h200), ("a100", a100))}
+    assert rows == {"h100": 2560, "h200": 1792, "a100": 1280}
+    for r, props in zip(rows.values(), (h100, h200, a100), strict=True):
+        assert r % 256 == 0 and r / 4 >= 2 * ridge_point(props)  # rows/4 FLOP per accumulator byte, 2x the ridge
+    assert ridge_point(gpu(7, 5, 40, 1590, 5001, 256)) is None and chunk_rows_for(None) == 2048

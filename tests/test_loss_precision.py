@@ -2,6 +2,9 @@
 scale is applied, and how the weight gradient accumulates across chunks. Both kernels; the triton one
 compiled on a GPU or under Triton's CPU interpreter."""
 
+import collections
+import contextlib
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -9,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tests.conftest import TRITON_INTERPRETED
 from tests.test_loss import EPS_VALUES
 from ual_plugin import linear_smoothed_cross_entropy, smoothed_cross_entropy
+from ual_plugin.loss import gemm_accumulation
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _GEMMS = {"mm": (0, 1), "addmm": (1, 2), "addmm_": (1, 2)}
@@ -127,3 +131,96 @@ def test_accum_dtype_is_validated():
     hidden, weight, targets, eps = case(8, 4, 11, torch.float32, seed=5)
     with pytest.raises(ValueError, match="accum_dtype"):
         linear_smoothed_cross_entropy(hidden, weight, targets, eps, accum_dtype=torch.int32)
+
+
+@contextlib.contextmanager
+def reference_out_dtype_gemms(addmm_takes_wider_self=True):
+    """CPU kernels for torch's ``mm``/``addmm``/``baddbmm`` with ``out_dtype`` (CUDA-only in torch), computing
+    the product of the operands taken to ``out_dtype``: what cuBLAS's float32-accumulating GEMM returns.
+    They stand in for the missing backend kernels so that the in-GEMM accumulation path runs on CPU;
+    ``addmm_takes_wider_self=False`` mimics the torch version whose addmm refuses a float32 ``self``."""
+    calls = collections.Counter()
+
+    def mm_out(a, b, out_dtype, *, out):
+        calls["mm"] += 1
+        return out.copy_(a.to(out_dtype) @ b.to(out_dtype))
+
+    def addmm_out(acc, a, b, out_dtype, *, beta=1, alpha=1, out):
+        if not addmm_takes_wider_self and acc.dtype != a.dtype:
+            raise RuntimeError("self and mat2 must have the same dtype")
+        calls["addmm"] += 1
+        return out.copy_(beta * acc + alpha * (a.to(out_dtype) @ b.to(out_dtype)))
+
+    def baddbmm_out(acc, a, b, out_dtype, *, beta=1, alpha=1, out):
+        calls["baddbmm"] += 1
+        return out.copy_(beta * acc + alpha * torch.bmm(a.to(out_dtype), b.to(out_dtype)))
+
+    lib = torch.library.Library("aten", "IMPL")
+    for name, fn in (("mm.dtype_out", mm_out), ("addmm.dtype_out", addmm_out), ("baddbmm.dtype_out", baddbmm_out)):
+        lib.impl(name, fn, "CPU")
+    gemm_accumulation.cache_clear()
+    try:
+        yield calls
+    finally:
+        lib._destroy()
+        gemm_accumulation.cache_clear()
+
+
+def weight_grad_error(chunks, **kwargs):
+    """Relative error of the bf16 head's weight gradient against float64, and the bf16 rounding floor."""
+    n = 512
+    hidden, weight, targets, eps = case(n, 32, 257, torch.bfloat16, seed=4, ignored=False)
+    _, _, rw = reference_grads(hidden, weight, targets, eps)
+    out = linear_smoothed_cross_entropy(hidden, weight, targets, eps, chunk_size=n // chunks, **kwargs)
+    (gw,) = torch.autograd.grad(out, [weight])
+    assert gw.dtype == torch.bfloat16
+    rounding = float((rw.bfloat16().double() - rw).norm() / rw.norm())
+    return float((gw.double() - rw).norm() / rw.norm()), rounding
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="on CUDA the real out_dtype GEMMs run in every other test")
+@pytest.mark.parametrize("addmm_takes_wider_self", [True, False])
+def test_weight_gradient_accumulates_inside_the_gemm_where_torch_offers_it(kernel, addmm_takes_wider_self):
+    """Where torch adds a bf16 product into a float32 buffer inside the GEMM (CUDA), the chunks' products
+    are never rounded to bf16, so the weight gradient is closer to float64 than the chunked fallback's;
+    through addmm or, where addmm refuses a float32 ``self``, through baddbmm."""
+    assert gemm_accumulation("cpu", torch.float32, torch.bfloat16) is None  # CPU torch has no such GEMM
+    fallback, rounding = weight_grad_error(64, kernel=kernel)
+    with reference_out_dtype_gemms(addmm_takes_wider_self) as calls:
+        method = gemm_accumulation("cpu", torch.float32, torch.bfloat16)
+        calls.clear()
+        in_gemm, _ = weight_grad_error(64, kernel=kernel)
+    assert method == ("addmm" if addmm_takes_wider_self else "baddbmm")
+    assert calls == {"mm": 1, method: 63}, calls  # the first chunk writes, the other 63 add
+    # What remains is the bf16 rounding of each chunk's logit gradient, which both paths share (here about
+    # 1.2x the floor with the torch kernel; more under Triton's interpreter, whose casts round differently)
+    assert in_gemm < 0.95 * fallback, (in_gemm, fallback, rounding)
+
+
+class LargeTensorOps(TorchDispatchMode):
+    """Names of the ops whose output has ``numel`` elements (the weight-gradient accumulator's size)."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.names = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.numel() == self.numel:
+            self.names.append(func.overloadpacket.__name__)
+        return out
+
+
+def test_accumulator_is_never_memset_and_is_scaled_while_cast():
+    """bf16 head, float32 accumulator: the first chunk writes it (no zero fill), and the backward scale
+    and the cast to bf16 are one pass (one rounding) over it."""
+    hidden, weight, targets, eps = case(64, 32, 509, torch.bfloat16, seed=6)
+    with LargeTensorOps(weight.numel()) as forward:
+        out = linear_smoothed_cross_entropy(hidden, weight, targets, eps, chunk_size=16, kernel="torch")
+    with LargeTensorOps(weight.numel()) as backward:
+        (gw,) = torch.autograd.grad(out / 3, [weight])
+    assert not {"zero_", "zeros", "fill_", "zeros_like"} & set(forward.names), forward.names
+    assert [name for name in backward.names if name != "empty"] == ["mul"], backward.names
+    (reference,) = torch.autograd.grad(linear_smoothed_cross_entropy(hidden, weight, targets, eps, chunk_size=16,
+                                                                     kernel="torch"), [weight])
+    assert abs(slope(gw, reference.double() / 3) - 1) < 2e-4

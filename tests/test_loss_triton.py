@@ -10,7 +10,7 @@ import torch
 from tests.conftest import TRITON_INTERPRETED
 from tests.test_loss import EPS_VALUES, make_case, torch_reference
 from ual_plugin import linear_smoothed_cross_entropy
-from ual_plugin.loss import default_chunk_size, resolve_kernel
+from ual_plugin.loss import default_chunk_size, gpu_chunk_rows, resolve_kernel
 
 pytest.importorskip("triton")
 if not (torch.cuda.is_available() or TRITON_INTERPRETED):
@@ -236,9 +236,11 @@ def test_kernel_choice(monkeypatch):
         resolve_kernel("triton", cpu)
     monkeypatch.setattr("ual_plugin.loss._triton_installed", lambda: False)
     assert resolve_kernel("auto", cuda) == "torch"  # no triton installed: the portable kernel
-    # GPU chunks: 2048 rows (compute-bound weight-gradient GEMM) within the kernel's byte budget
-    assert default_chunk_size(8192, 128256, cuda, "triton", 2) == 2048  # 512 MiB of bf16 logits
-    assert default_chunk_size(8192, 128256, cuda, "torch", 2) == 2048  # + their fp32 copy: 1.5 GiB
+    # GPU chunks: the device's rows (2048 where there is no CUDA device) within the kernel's byte budget
+    rows = gpu_chunk_rows(cuda)
+    assert 1024 <= rows <= 4096 and (rows == 2048 or torch.cuda.is_available())
+    assert default_chunk_size(8192, 128256, cuda, "triton", 2) == min(rows, 2048)  # 512 MiB of bf16 logits
+    assert default_chunk_size(8192, 128256, cuda, "torch", 2) == min(rows, 2048)  # + their fp32 copy: 1.5 GiB
     assert default_chunk_size(8192, 256000, cuda, "triton", 2) == 1024
     assert default_chunk_size(100, 32000, cuda, "triton", 2) == 100
     assert default_chunk_size(8192, 32000, cpu, "torch", 4) == 524  # CPU: 64 MiB of fp32 logits

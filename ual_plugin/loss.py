@@ -131,11 +131,14 @@ KERNEL_ENV = "UAL_KERNEL"
 
 # CPU (torch kernel): fp32 logits per chunk; few weight-gradient passes and a small peak.
 _CPU_CHUNK_BYTES = 64 << 20
-# GPU: the weight-gradient GEMM of a chunk (M=V, N=H, K=rows) reads and writes the whole accumulator
-# once per chunk, so its arithmetic intensity is about rows/4 FLOP/byte with an fp32 accumulator:
-# 2048 rows keep it compute-bound on H100/H200 (ridge points about 300/200 FLOP/byte). The byte
-# budgets hold 2048 rows at Llama-3's vocabulary of 128256 (benchmarks/RESULTS.md, section 2).
+# GPU: the weight-gradient GEMM of a chunk (M=V, N=H, K=rows) reads and writes the whole float32
+# accumulator once per chunk, about rows/4 FLOP per byte: it stays compute-bound while rows/4 is well
+# above the device's ridge point (peak FLOP/s over memory bytes/s), so the chunk height follows the
+# device (``gpu_chunk_rows``); 2048 rows where the device's figures are unknown.
 _GPU_CHUNK_ROWS = 2048
+_WGRAD_MARGIN = 2.0  # rows/4 at twice the ridge point: accumulator traffic takes at most half the math time
+# Dense bf16/fp16 tensor-core FLOP per clock per SM, by compute capability (from NVIDIA's datasheets).
+_TENSOR_FLOP_PER_CLOCK = {(8, 0): 2048, (8, 6): 512, (8, 7): 1024, (8, 9): 512, (9, 0): 4096, (10, 0): 8192}
 _GPU_TRITON_CHUNK_BYTES = 512 << 20  # logits in the compute dtype, overwritten by their gradient
 _GPU_TORCH_CHUNK_BYTES = 1536 << 20  # compute-dtype logits plus their float32 copy
 
@@ -172,9 +175,41 @@ def resolve_kernel(kernel: str | None, device: torch.device) -> str:
     return choice
 
 
+def ridge_point(props) -> float | None:
+    """Peak dense bf16 tensor-core FLOP per byte of memory traffic of a CUDA device, from its
+    properties (SM count, clocks, bus width); None for an architecture not in the table."""
+    per_clock = _TENSOR_FLOP_PER_CLOCK.get((props.major, props.minor))
+    if per_clock is None or not props.memory_clock_rate or not props.memory_bus_width:
+        return None
+    flops = props.multi_processor_count * props.clock_rate * 1e3 * per_clock
+    bytes_per_s = 2 * props.memory_clock_rate * 1e3 * props.memory_bus_width / 8  # double data rate
+    return flops / bytes_per_s
+
+
+def chunk_rows_for(ridge: float | None) -> int:
+    """Rows per GPU chunk for a ridge point: the weight-gradient GEMM at ``_WGRAD_MARGIN`` times it,
+    in multiples of 256 between 1024 and 4096 (2048 when the ridge point is unknown)."""
+    if ridge is None:
+        return _GPU_CHUNK_ROWS
+    rows = -(-int(4 * _WGRAD_MARGIN * ridge) // 256) * 256
+    return min(4096, max(1024, rows))
+
+
+@functools.cache
+def _cuda_chunk_rows(index: int) -> int:
+    return chunk_rows_for(ridge_point(torch.cuda.get_device_properties(index)))
+
+
+def gpu_chunk_rows(device: torch.device) -> int:
+    """Rows per chunk on ``device``: from its ridge point on a CUDA device, else 2048."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return _GPU_CHUNK_ROWS
+    return _cuda_chunk_rows(torch.cuda.current_device() if device.index is None else device.index)
+
+
 def default_chunk_size(n_tokens: int, vocab: int, device: torch.device, kernel: str = "torch", itemsize: int = 4) -> int:
-    """Tokens per chunk: on GPU (and for the triton kernel) up to 2048 rows in multiples of 64 within the
-    kernel's byte budget; on CPU the torch kernel's float32 logits stay within 64 MiB.
+    """Tokens per chunk: on GPU (and for the triton kernel) ``gpu_chunk_rows`` in multiples of 64 within
+    the kernel's byte budget; on CPU the torch kernel's float32 logits stay within 64 MiB.
 
     ``itemsize`` is the byte size of the GEMMs' compute dtype; the torch kernel also holds a float32
     copy of each chunk's logits when that dtype is narrower.
@@ -186,7 +221,7 @@ def default_chunk_size(n_tokens: int, vocab: int, device: torch.device, kernel: 
             per_row, budget = itemsize * vocab, _GPU_TRITON_CHUNK_BYTES
         else:
             per_row, budget = (itemsize + (4 if itemsize < 4 else 0)) * vocab, _GPU_TORCH_CHUNK_BYTES
-        rows = max(64, min(_GPU_CHUNK_ROWS, budget // per_row) // 64 * 64)
+        rows = max(64, min(gpu_chunk_rows(device), budget // per_row) // 64 * 64)
     return int(max(1, min(n_tokens, rows)))
 
 
@@ -280,17 +315,65 @@ def _torch_rows_(
 _ENTROPY_ROWS = 4  # rows per block of the entropy's temporary: small (0.5 MiB at a 32k vocabulary) and in cache
 
 
-def _add_weight_grad_(grad_w: torch.Tensor, dz: torch.Tensor, hc: torch.Tensor) -> None:
-    """grad_w += dz.T @ hc: inside the GEMM when the dtypes agree, else in blocks of vocabulary rows
-    (each block's product in the compute dtype, added in the accumulator's), so the temporary stays
-    at a quarter of a logits chunk."""
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.mm(a, b, out_dtype=out.dtype, out=out)
+
+
+def _addmm_into(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+
+
+def _baddbmm_into(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.baddbmm(acc[None], a[None], b[None], out_dtype=acc.dtype, out=acc[None])
+
+
+@functools.cache
+def gemm_accumulation(device_type: str, acc_dtype: torch.dtype, operand_dtype: torch.dtype) -> str | None:
+    """How torch adds a product of ``operand_dtype`` matrices into an ``acc_dtype`` buffer inside the
+    GEMM on this device type: "addmm" or "baddbmm" (``out_dtype``: CUDA, torch >= 2.8; some versions
+    refuse addmm when ``self`` is wider than the operands), or None (the chunked fallback).
+
+    Probed once on tiny tensors, for the exceptions only: no host sync. ``verify_gpu.py`` checks the
+    results against float64."""
+    a = torch.ones(2, 2, dtype=operand_dtype, device=device_type)
+    acc = torch.zeros(2, 2, dtype=acc_dtype, device=device_type)
+    try:
+        _mm_into(acc, a, a)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+    for name, add in (("addmm", _addmm_into), ("baddbmm", _baddbmm_into)):
+        try:
+            add(acc, a, a)
+        except (RuntimeError, NotImplementedError, TypeError):
+            continue
+        return name
+    return None
+
+
+def _accumulate_weight_grad_(grad_w: torch.Tensor, dz: torch.Tensor, hc: torch.Tensor, first: bool,
+                             in_gemm: bool = True) -> None:
+    """grad_w = dz.T @ hc on the first chunk, grad_w += dz.T @ hc after (so the accumulator needs no memset).
+
+    Inside the GEMM when the dtypes agree, or when torch offers a wider output dtype on the device
+    (``gemm_accumulation``): the products are summed in the accumulator's precision and never rounded
+    to the compute dtype. Otherwise (CPU) in blocks of vocabulary rows, each block's product in the
+    compute dtype and added in the accumulator's, so the temporary stays at a quarter of a logits
+    chunk. ``in_gemm=False`` forces the blocks (the GPU verify stage compares the two)."""
     if grad_w.dtype == dz.dtype:
-        grad_w.addmm_(dz.t(), hc)
+        torch.mm(dz.t(), hc, out=grad_w) if first else grad_w.addmm_(dz.t(), hc)
+        return
+    method = gemm_accumulation(grad_w.device.type, grad_w.dtype, dz.dtype) if in_gemm else None
+    if method is not None:
+        if first:
+            _mm_into(grad_w, dz.t(), hc)
+        else:
+            (_addmm_into if method == "addmm" else _baddbmm_into)(grad_w, dz.t(), hc)
         return
     vocab, hidden = grad_w.shape
     block = max(64, dz.shape[0] * vocab // (4 * hidden))
     for v0 in range(0, vocab, block):
-        grad_w[v0 : v0 + block].add_(dz[:, v0 : v0 + block].t() @ hc)
+        part = dz[:, v0 : v0 + block].t() @ hc
+        grad_w[v0 : v0 + block].copy_(part) if first else grad_w[v0 : v0 + block].add_(part)
 
 
 def _chunk_pass(
@@ -326,8 +409,8 @@ def _chunk_pass(
     grad_h = grad_w = grad_b = None
     if want_h:
         grad_h = torch.empty_like(h_all) if rows is None else torch.zeros_like(h_all)
-    if want_w:
-        grad_w = torch.zeros(weight.shape, dtype=plan.accum_dtype, device=device)
+    if want_w:  # the first chunk writes it whole (no memset); nothing to write when there are no rows
+        grad_w = (torch.empty if n else torch.zeros)(weight.shape, dtype=plan.accum_dtype, device=device)
     if want_b:
         grad_b = torch.zeros(vocab, dtype=torch.float32, device=device)
     if n == 0:
@@ -348,6 +431,7 @@ def _chunk_pass(
     any_grad = want_h or want_w or want_b
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
+        first = start == 0
         hc = h_all[start:stop] if rows is None else h_all.index_select(0, rows[start:stop])
         hc = hc.to(cdt)
         tc, ec = targets[start:stop], eps[start:stop]
@@ -381,7 +465,7 @@ def _chunk_pass(
             else:
                 grad_h.index_copy_(0, rows[start:stop], (dz @ w_c).to(grad_h.dtype))
         if grad_w is not None:
-            _add_weight_grad_(grad_w, dz, hc)
+            _accumulate_weight_grad_(grad_w, dz, hc, first)
     return losses, (grad_h, grad_w, grad_b)
 
 
@@ -398,6 +482,15 @@ def _scale_(grad: torch.Tensor, scale: torch.Tensor) -> None:
     for start in range(0, flat.numel(), _SCALE_SLICE):
         part = flat[start : start + _SCALE_SLICE]
         part.copy_(part.float().mul_(scale))
+
+
+def _scaled_as(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """grad * scale in ``dtype``, rounded once: a float32 accumulator is scaled while it is cast (one
+    pass over it), anything else is scaled in place (``_scale_``) and then cast."""
+    if grad.dtype == torch.float32 and dtype != torch.float32:
+        return torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=dtype, device=grad.device))
+    _scale_(grad, scale)
+    return grad.to(dtype)
 
 
 _SECOND_BACKWARD = (
@@ -497,12 +590,14 @@ class _LinearSmoothedCE(torch.autograd.Function):
             if grads is None:
                 return (None,) * 7
             g_h, g_w, g_b = grads
-            # Scale the gradients computed in the forward pass in place (no second copy of grad_weight),
-            # in float32 and without reading the scale on the host.
+            # Scale the gradients computed in the forward pass, in float32 and without reading the scale on
+            # the host: the hidden one in place, the weight and bias ones while they take their
+            # parameters' dtypes (no second copy of an accumulator that already has it).
             scale = grad_out.detach().float()
-            for g in grads:
-                if g is not None:
-                    _scale_(g, scale)
+            if g_h is not None:
+                _scale_(g_h, scale)
+            g_w = None if g_w is None else _scaled_as(g_w, scale, w_dtype)
+            g_b = None if g_b is None else _scaled_as(g_b, scale, b_dtype)
         return (
             None if g_h is None else g_h.reshape(ctx.hidden_shape),
             None if g_w is None else g_w.to(w_dtype),
