@@ -36,11 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--h", type=int, default=4096)
     ap.add_argument("--v", type=int, default=128256)
     ap.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    ap.add_argument("--logits", choices=["uniform", "peaked"], default="peaked", help="as in loss_bench.py")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rows", type=int, default=15)
     args = ap.parse_args(argv)
     print(provenance(args.device))
-    inputs = make_inputs(args.n, args.h, args.v, DTYPES[args.dtype], args.device, ignore_frac=0.0)
+    inputs = make_inputs(args.n, args.h, args.v, DTYPES[args.dtype], args.device, ignore_frac=0.0, logits=args.logits)
     for variant in args.variants.split(","):
         if variant not in VARIANTS:
             ap.error(f"unknown variant {variant!r}; choose from {VARIANTS}")
