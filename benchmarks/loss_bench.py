@@ -72,16 +72,17 @@ PEAKED_STD = 3.0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The shapes of the GPU targets: Llama-3's vocabulary, and a 32k vocabulary at twice the tokens.
 GPU_SHAPES = ((8192, 4096, 128256), (16384, 4096, 32000))
-_NEEDS = {"liger_flce": "liger_kernel", "cce": "cut_cross_entropy"}
+_NEEDS = {"liger_flce": "liger_kernel", "liger_flce_fp32": "liger_kernel", "cce": "cut_cross_entropy",
+          "cce_exact": "cut_cross_entropy"}
+_TRITON = ("ual_linear_triton", "liger_flce", "liger_flce_fp32")  # CUDA, or Triton's CPU interpreter
 
 
 def available(variant: str, device: str) -> bool:
-    triton_here = device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-    if variant.startswith("cce") and device != "cuda" or variant in ("ual_linear_triton", "liger_flce",
-                                                                     "liger_flce_fp32") and not triton_here:
+    if variant.startswith("cce") and device != "cuda":
         return False
-    need = _NEEDS.get(variant.removesuffix("_fp32").removesuffix("_exact"))
-    return need is None or importlib.util.find_spec(need) is not None
+    if variant in _TRITON and not (device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    return variant not in _NEEDS or importlib.util.find_spec(_NEEDS[variant]) is not None
 
 
 def make_inputs(n: int, h: int, v: int, dtype: torch.dtype, device: str, ignore_frac: float = 0.1, seed: int = 0,

@@ -327,6 +327,9 @@ def _baddbmm_into(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     torch.baddbmm(acc[None], a[None], b[None], out_dtype=acc.dtype, out=acc[None])
 
 
+_IN_GEMM_ADD = {"addmm": _addmm_into, "baddbmm": _baddbmm_into}  # in the order gemm_accumulation tries them
+
+
 @functools.cache
 def gemm_accumulation(device_type: str, acc_dtype: torch.dtype, operand_dtype: torch.dtype) -> str | None:
     """How torch adds a product of ``operand_dtype`` matrices into an ``acc_dtype`` buffer inside the
@@ -341,7 +344,7 @@ def gemm_accumulation(device_type: str, acc_dtype: torch.dtype, operand_dtype: t
         _mm_into(acc, a, a)
     except (RuntimeError, NotImplementedError, TypeError):
         return None
-    for name, add in (("addmm", _addmm_into), ("baddbmm", _baddbmm_into)):
+    for name, add in _IN_GEMM_ADD.items():
         try:
             add(acc, a, a)
         except (RuntimeError, NotImplementedError, TypeError):
@@ -360,20 +363,23 @@ def _accumulate_weight_grad_(grad_w: torch.Tensor, dz: torch.Tensor, hc: torch.T
     compute dtype and added in the accumulator's, so the temporary stays at a quarter of a logits
     chunk. ``in_gemm=False`` forces the blocks (the GPU verify stage compares the two)."""
     if grad_w.dtype == dz.dtype:
-        torch.mm(dz.t(), hc, out=grad_w) if first else grad_w.addmm_(dz.t(), hc)
+        if first:
+            torch.mm(dz.t(), hc, out=grad_w)
+        else:
+            grad_w.addmm_(dz.t(), hc)
         return
     method = gemm_accumulation(grad_w.device.type, grad_w.dtype, dz.dtype) if in_gemm else None
     if method is not None:
-        if first:
-            _mm_into(grad_w, dz.t(), hc)
-        else:
-            (_addmm_into if method == "addmm" else _baddbmm_into)(grad_w, dz.t(), hc)
+        (_mm_into if first else _IN_GEMM_ADD[method])(grad_w, dz.t(), hc)
         return
     vocab, hidden = grad_w.shape
     block = max(64, dz.shape[0] * vocab // (4 * hidden))
     for v0 in range(0, vocab, block):
         part = dz[:, v0 : v0 + block].t() @ hc
-        grad_w[v0 : v0 + block].copy_(part) if first else grad_w[v0 : v0 + block].add_(part)
+        if first:
+            grad_w[v0 : v0 + block].copy_(part)
+        else:
+            grad_w[v0 : v0 + block].add_(part)
 
 
 def _chunk_pass(
